@@ -1,0 +1,71 @@
+"""The exporter registry: one table behind the CLI help, the README's format table,
+the export loop and (later) the benchmark loop.
+
+What differs per format lives in class attributes; a subclass overrides only
+what differs. Registering a name twice is an error.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+
+_REGISTRY: dict[str, type["Exporter"]] = {}
+
+
+@dataclass(frozen=True)
+class ExportContext:
+    """What an exporter may need beyond the model."""
+
+    image_size: int
+    onnx_opset: int
+    # Real training images for calibration (used by quantizing exporters).
+    calibration_images: np.ndarray | None = None
+
+
+class Exporter:
+    name: ClassVar[str]
+    suffix: ClassVar[str]  # appended to the build name: "<name><suffix>"
+    runtime: ClassVar[str]  # "keras" | "litert" | "onnxruntime": where it is validated and benchmarked
+    precision: ClassVar[str] = "fp32"
+    description: ClassVar[str] = ""
+    # Validation budget against the Keras reference on the test split.
+    min_top1_agreement: ClassVar[float] = 0.995
+    max_abs_diff: ClassVar[float] = 1e-4
+
+    def export(self, model, path: Path, ctx: ExportContext) -> None:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+def register(name: str):
+    def wrap(cls: type[Exporter]) -> type[Exporter]:
+        if name in _REGISTRY:
+            raise RuntimeError(f"exporter {name!r} registered twice ({_REGISTRY[name].__name__} and {cls.__name__})")
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return wrap
+
+
+def names() -> list[str]:
+    return list(_REGISTRY)
+
+
+def get(name: str) -> Exporter:
+    try:
+        return _REGISTRY[name]()
+    except KeyError:
+        raise KeyError(f"unknown format {name!r}; valid formats: {', '.join(_REGISTRY)}") from None
+
+
+def table() -> list[dict]:
+    """Rows for --help and the README: name, runtime, precision, file suffix, budget."""
+    return [
+        {"format": n, "runtime": c.runtime, "precision": c.precision, "file": f"<name>{c.suffix}",
+         "min_top1_agreement": c.min_top1_agreement, "max_abs_diff": c.max_abs_diff, "description": c.description}
+        for n, c in _REGISTRY.items()
+    ]

@@ -1,0 +1,65 @@
+"""Load an exported file in the runtime that ships it and run it on a batch of images."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+
+def load_predictor(path: Path, runtime: str, threads: int = 1) -> Callable[[np.ndarray], np.ndarray]:
+    """Return ``predict(images_float32_nhwc) -> probabilities`` for ``path`` on ``runtime``."""
+    path = Path(path)
+    if runtime == "litert":
+        return _litert(path, threads)
+    if runtime == "onnxruntime":
+        return _onnxruntime(path, threads)
+    if runtime == "keras":
+        return _keras(path)
+    raise ValueError(f"unknown runtime {runtime!r}")
+
+
+def _litert(path: Path, threads: int):
+    # ai-edge-litert is the LiteRT runtime that ships on phones; tf.lite.Interpreter is deprecated.
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=str(path), num_threads=threads)
+    interpreter.allocate_tensors()
+    inp = interpreter.get_input_details()[0]
+    out = interpreter.get_output_details()[0]
+
+    def predict(images: np.ndarray) -> np.ndarray:
+        # One image at a time, the way a phone app calls it.
+        results = []
+        for image in images:
+            interpreter.set_tensor(inp["index"], image[None].astype(inp["dtype"]))
+            interpreter.invoke()
+            results.append(interpreter.get_tensor(out["index"])[0].astype(np.float32))
+        return np.stack(results)
+
+    return predict
+
+
+def _onnxruntime(path: Path, threads: int):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+
+    def predict(images: np.ndarray, batch: int = 32) -> np.ndarray:
+        parts = [session.run(None, {name: images[i:i + batch].astype(np.float32)})[0] for i in range(0, len(images), batch)]
+        return np.concatenate(parts).astype(np.float32)
+
+    return predict
+
+
+def _keras(path: Path):
+    from pipeline.models import predict_probs
+    from pipeline.stages.finetune import load_model
+
+    model = load_model(path)
+    return lambda images: predict_probs(model, images)

@@ -1,0 +1,59 @@
+"""Command line: ``python -m pipeline run|status --config FILE [--set section.key=value ...]``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from pipeline.errors import PipelineError
+
+
+def _parser() -> argparse.ArgumentParser:
+    import exporters
+
+    formats = "\n".join(f"  {row['format']:<14} {row['runtime']:<12} {row['description']}" for row in exporters.table())
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline",
+        description="Fine-tune, export and validate a mobile image classifier.",
+        epilog=f"export formats (export.formats):\n{formats}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, text in (("run", "run every stage that is not up to date"), ("status", "show which stages are up to date")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("--config", required=True, help="pipeline YAML file, e.g. configs/quickstart.yaml")
+        p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                       help="override one config key (repeatable), e.g. --set train.head_epochs=3")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
+    try:
+        from pipeline.config import check_paths, load_config
+
+        cfg = load_config(args.config, args.overrides)
+        if args.command == "status":
+            from pipeline import runner
+
+            for stage, reason in runner.status(cfg):
+                print(f"{stage:<10} {'up to date' if reason is None else 'stale: ' + reason}")
+            return 0
+        check_paths(cfg, args.config)
+        from pipeline import runner
+
+        ran = runner.run(cfg, args.config)
+        print(f"{cfg.build_root}: ran {', '.join(ran) if ran else 'no stage (everything up to date)'}")
+        return 0
+    except PipelineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted: stages that finished keep their stamps; run again to continue.", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,191 @@
+"""Backbone registry and the flat classifier built on it.
+
+The classifier takes raw RGB pixels in [0, 255] and normalizes inside the
+graph (the ``preprocess`` layer), so every exported file has the same input
+contract and a phone app feeds camera pixels as they are. The head sits on
+``base.output`` directly: tfmot's ``quantize_model`` refuses a model nested in
+another model, so the backbone must not be a sub-model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from pipeline.config import ModelConfig
+from pipeline.errors import WeightsError
+from pipeline.keras_compat import keras, tf
+
+HEAD_PREFIX = "head_"
+PREPROCESS_LAYER = "preprocess"
+INPUT_NAME = "image"
+
+
+@dataclass(frozen=True)
+class Backbone:
+    name: str
+    build: Callable[..., keras.Model]
+    # Normalization the pretrained weights expect, applied to RGB [0, 255] input:
+    # y = (x[..., channel_order] - mean) / std.
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    channel_order: str  # "RGB" or "BGR"
+    uses_alpha: bool
+
+
+BACKBONES: dict[str, Backbone] = {}
+
+
+def register_backbone(backbone: Backbone) -> None:
+    if backbone.name in BACKBONES:
+        raise RuntimeError(f"backbone {backbone.name!r} registered twice")
+    BACKBONES[backbone.name] = backbone
+
+
+# MobileNetV2 was trained on inputs scaled to [-1, 1] (keras.applications.mobilenet_v2.preprocess_input).
+register_backbone(Backbone(
+    name="mobilenet_v2",
+    build=lambda input_tensor, alpha, weights: keras.applications.MobileNetV2(
+        input_tensor=input_tensor, alpha=alpha, include_top=False, weights=weights),
+    mean=(127.5, 127.5, 127.5), std=(127.5, 127.5, 127.5), channel_order="RGB", uses_alpha=True,
+))
+# ResNet50 uses "caffe" preprocessing: BGR, ImageNet mean subtracted, no scaling.
+register_backbone(Backbone(
+    name="resnet50",
+    build=lambda input_tensor, alpha, weights: keras.applications.ResNet50(
+        input_tensor=input_tensor, include_top=False, weights=weights),
+    mean=(103.939, 116.779, 123.68), std=(1.0, 1.0, 1.0), channel_order="BGR", uses_alpha=False,
+))
+
+
+@keras.utils.register_keras_serializable(package="pipeline")
+class Preprocess(keras.layers.Layer):
+    """Channel reorder and per-channel normalization of raw [0, 255] RGB pixels, inside the graph."""
+
+    def __init__(self, mean, std, channel_order="RGB", **kwargs):
+        super().__init__(**kwargs)
+        self.mean = [float(m) for m in mean]
+        self.std = [float(s) for s in std]
+        self.channel_order = channel_order
+
+    def call(self, inputs):
+        x = tf.cast(inputs, self.compute_dtype)
+        if self.channel_order == "BGR":
+            x = x[..., ::-1]
+        mean = tf.constant(self.mean, dtype=x.dtype)
+        inv_std = tf.constant([1.0 / s for s in self.std], dtype=x.dtype)
+        return (x - mean) * inv_std
+
+    def get_config(self):
+        return {**super().get_config(), "mean": self.mean, "std": self.std, "channel_order": self.channel_order}
+
+
+def preprocessing_contract(model_cfg: ModelConfig, image_size: int) -> dict:
+    """What a caller must feed every exported file; recorded in results and, later, metadata."""
+    from pipeline.data import RESIZE_POLICY
+
+    bb = BACKBONES[model_cfg.backbone]
+    return {
+        "input_shape": [1, image_size, image_size, 3],
+        "dtype": "float32",
+        "channel_order": "RGB",
+        "value_range": [0.0, 255.0],
+        "normalization": "inside the model",
+        "in_graph_normalization": {"channel_order": bb.channel_order, "mean": list(bb.mean), "std": list(bb.std)},
+        "resize": RESIZE_POLICY,
+        "output": "class probabilities (softmax), one per line of labels.txt",
+    }
+
+
+def _resolve_weights(weights: str, backbone: str):
+    if weights == "none":
+        return None
+    if weights == "imagenet":
+        return "imagenet"
+    path = Path(weights)
+    if not path.is_file():
+        raise WeightsError(
+            f"model.weights file {weights} does not exist; point it at a {backbone} .h5 weights file "
+            "or use 'none' to train from scratch."
+        )
+    return str(path)
+
+
+def build_classifier(model_cfg: ModelConfig, num_classes: int, image_size: int) -> keras.Model:
+    bb = BACKBONES[model_cfg.backbone]
+    weights = _resolve_weights(model_cfg.weights, bb.name)
+    inputs = keras.Input((image_size, image_size, 3), name=INPUT_NAME)
+    x = Preprocess(bb.mean, bb.std, bb.channel_order, name=PREPROCESS_LAYER)(inputs)
+    try:
+        base = bb.build(input_tensor=x, alpha=model_cfg.alpha, weights=weights)
+    except Exception as exc:  # keras raises bare Exception for download failures
+        raise _weights_error(exc, model_cfg) from None
+    x = keras.layers.GlobalAveragePooling2D(name=HEAD_PREFIX + "pool")(base.output)
+    x = keras.layers.Dropout(model_cfg.dropout, name=HEAD_PREFIX + "dropout")(x)
+    # The classifier's last layer stays float32 whatever the compute policy, so
+    # softmax probabilities compare exactly across runtimes.
+    outputs = keras.layers.Dense(num_classes, activation="softmax", dtype="float32", name=HEAD_PREFIX + "predictions")(x)
+    return keras.Model(inputs, outputs, name=f"{bb.name}_classifier")
+
+
+def _weights_error(exc: Exception, model_cfg: ModelConfig) -> Exception:
+    text = str(exc)
+    if model_cfg.weights == "imagenet" and ("URL fetch failure" in text or "Name or service" in text or "urlopen" in text):
+        return WeightsError(
+            "model.weights is 'imagenet' but the weights cannot be downloaded (no network); "
+            f"set model.weights to the path of a local {model_cfg.backbone} no-top .h5 file "
+            "(e.g. ../shared/weights/mobilenet_v2_1.0_imagenet_no_top.h5) or to 'none'."
+        )
+    if model_cfg.weights not in ("imagenet", "none"):
+        return WeightsError(
+            f"model.weights file {model_cfg.weights} does not fit {model_cfg.backbone}"
+            f"{f' alpha {model_cfg.alpha}' if BACKBONES[model_cfg.backbone].uses_alpha else ''} "
+            f"({exc.__class__.__name__}: {text.splitlines()[0][:160] if text else ''}); "
+            "use the no-top .h5 file saved for this backbone and alpha."
+        )
+    if isinstance(exc, ValueError):
+        return WeightsError(f"{model_cfg.backbone} cannot be built with these settings: {text.splitlines()[0]}")
+    return exc
+
+
+def backbone_layers(model: keras.Model) -> list:
+    """The backbone's layers in graph order, without the input, the preprocessing and the head."""
+    return [
+        layer for layer in model.layers
+        if layer.name not in (INPUT_NAME, PREPROCESS_LAYER) and not layer.name.startswith(HEAD_PREFIX)
+    ]
+
+
+def set_trainable(model: keras.Model, fine_tune_at: int | float, freeze_batchnorm: bool) -> int:
+    """Freeze the backbone but its top ``fine_tune_at`` layers (count or fraction); return how many train."""
+    layers = backbone_layers(model)
+    count = fine_tune_at if isinstance(fine_tune_at, int) else int(round(fine_tune_at * len(layers)))
+    count = max(0, min(count, len(layers)))
+    top = set(id(layer) for layer in layers[len(layers) - count:]) if count else set()
+    for layer in layers:
+        is_bn = isinstance(layer, keras.layers.BatchNormalization)
+        # A frozen BatchNorm layer also runs in inference mode in Keras 2, which
+        # keeps its moving statistics and the pretrained features intact.
+        layer.trainable = id(layer) in top and not (is_bn and freeze_batchnorm)
+    return count
+
+
+def set_batchnorm_momentum(model: keras.Model, momentum: float) -> None:
+    for layer in backbone_layers(model):
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum = momentum
+
+
+def freeze_backbone(model: keras.Model) -> None:
+    for layer in backbone_layers(model):
+        layer.trainable = False
+
+
+def predict_probs(model: keras.Model, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    """Keras reference probabilities: a compiled call in inference mode, batch by batch."""
+    fn = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+    out = [fn(tf.constant(images[i:i + batch_size], tf.float32)).numpy() for i in range(0, len(images), batch_size)]
+    return np.concatenate(out, axis=0) if out else np.zeros((0, model.output_shape[-1]), np.float32)

@@ -1,0 +1,128 @@
+"""Runs the stages in order, skipping those whose stamp still matches.
+
+A stamp (``build/<name>/<stage>/stamp.json``) holds the sha256 of the stage's
+dependency files, of the config sections it reads, of its source code, of any
+data outside the build folder, and of every file it wrote. It is written last,
+after all outputs are in place, so a run killed mid-stage leaves no stamp and
+the stage runs again next time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from pipeline.config import Config
+from pipeline.io import sha256_file, write_json
+from pipeline.stages import Stage, all_stages
+
+log = logging.getLogger("pipeline")
+
+
+@dataclass
+class RunContext:
+    root: Path  # build/<name>
+    config_source: str
+    outputs: list[str] = field(default_factory=list)
+
+    def path(self, rel: str) -> Path:
+        return self.root / rel
+
+    def record_output(self, path: Path) -> None:
+        self.outputs.append(str(Path(path).relative_to(self.root)))
+
+
+def _code_hash(modules: tuple[str, ...]) -> str:
+    digest = hashlib.sha256()
+    for name in modules:
+        spec = importlib.util.find_spec(name)
+        if spec is None or spec.origin is None:
+            raise RuntimeError(f"stage code module {name} not found")
+        digest.update(name.encode() + b"\0" + Path(spec.origin).read_bytes())
+    return digest.hexdigest()
+
+
+def _expected(stage: Stage, cfg: Config, root: Path) -> dict:
+    deps = {}
+    for rel in stage.deps:
+        p = root / rel
+        deps[rel] = sha256_file(p) if p.exists() else None
+    return {
+        "deps": deps,
+        "params": cfg.section_hash(*stage.params),
+        "code": _code_hash(stage.code),
+        "inputs": stage.external_inputs(cfg) if stage.external_inputs else None,
+    }
+
+
+def stamp_path(root: Path, stage: Stage) -> Path:
+    return root / stage.name / "stamp.json"
+
+
+def why_stale(stage: Stage, cfg: Config, root: Path) -> Optional[str]:
+    """None when the stage is up to date, else a short reason."""
+    path = stamp_path(root, stage)
+    if not path.exists():
+        return "never run"
+    try:
+        stamp = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return "stamp unreadable"
+    expected = _expected(stage, cfg, root)
+    for rel, digest in expected["deps"].items():
+        if digest is None:
+            return f"input {rel} missing"
+        if stamp.get("deps", {}).get(rel) != digest:
+            return f"input {rel} changed"
+    if stamp.get("params") != expected["params"]:
+        return f"config section(s) {', '.join(stage.params)} changed"
+    if stamp.get("code") != expected["code"]:
+        return "stage code changed"
+    if stamp.get("inputs") != expected["inputs"]:
+        return "source data changed"
+    for rel, digest in stamp.get("outs", {}).items():
+        out = root / rel
+        if not out.exists():
+            return f"output {rel} missing"
+        if sha256_file(out) != digest:
+            return f"output {rel} modified"
+    return None
+
+
+def status(cfg: Config) -> list[tuple[str, Optional[str]]]:
+    root = cfg.build_root
+    return [(stage.name, why_stale(stage, cfg, root)) for stage, _ in all_stages()]
+
+
+def run(cfg: Config, config_source: str) -> list[str]:
+    """Run every stale stage; return the names of the stages that ran."""
+    root = cfg.build_root
+    root.mkdir(parents=True, exist_ok=True)
+    ran: list[str] = []
+    for stage, run_stage in all_stages():
+        reason = why_stale(stage, cfg, root)
+        if reason is None:
+            log.info("[%s] up to date, skipped", stage.name)
+            continue
+        log.info("[%s] running (%s)", stage.name, reason)
+        # The old stamp goes first: if this run dies, the stage is stale next time.
+        stamp_path(root, stage).unlink(missing_ok=True)
+        expected = _expected(stage, cfg, root)
+        ctx = RunContext(root=root, config_source=config_source)
+        started = time.time()
+        run_stage(cfg, ctx)
+        elapsed = time.time() - started
+        outs = {rel: sha256_file(root / rel) for rel in ctx.outputs}
+        write_json(stamp_path(root, stage), {
+            "stage": stage.name, **expected, "outs": outs,
+            "seconds": round(elapsed, 2), "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        })
+        log.info("[%s] done in %.1f s", stage.name, elapsed)
+        ran.append(stage.name)
+    return ran

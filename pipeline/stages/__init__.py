@@ -1,0 +1,28 @@
+"""Stages, in the order data flows through them.
+
+Each stage module declares ``STAGE`` (what it reads, writes and which config
+sections it depends on) and one ``run(cfg, ctx)``. The runner skips a stage
+whose stamp still matches, like ``dvc.yaml`` + ``dvc.lock``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    deps: tuple[str, ...]  # files under build/<name>/ that earlier stages wrote
+    params: tuple[str, ...]  # config sections the stage reads
+    code: tuple[str, ...]  # modules whose source is part of the stamp
+    # Files it writes are recorded by the stage itself through ctx.record_output(...).
+    external_inputs: Optional[Callable] = field(default=None)  # cfg -> fingerprint of data outside build/
+
+
+def all_stages():
+    """(Stage, run) pairs in order; imported lazily so `import pipeline` stays cheap."""
+    from pipeline.stages import data, export, finetune
+
+    return [(m.STAGE, m.run) for m in (data, finetune, export)]
