@@ -48,7 +48,7 @@ def run(cfg: Config, ctx) -> None:
         labels, files = labels[keep], [files[i] for i in keep]
         images = np.stack([
             data.load_image(listing.root / rel, size)
-            for rel in tqdm(files, desc=f"decode {len(files)} images", unit="img", leave=False)
+            for rel in tqdm(files, desc=f"decode {len(files)} images", unit="img", leave=False, disable=None)
         ])
     if cfg.data.source == "digits" and cfg.data.limit_per_class:
         keep = data.limit_per_class(labels, cfg.data.limit_per_class, cfg.data.seed)

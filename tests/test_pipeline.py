@@ -1,0 +1,120 @@
+"""The whole pipeline on tiny real data: artifacts, results.json, stage caching, budget failures."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from exporters.tflite import TFLiteFP32
+from pipeline import runner
+from pipeline.config import load_config
+from pipeline.errors import BudgetError
+from tests.conftest import run_cli, write_config
+
+RESULT_KEYS = {"name", "format", "file", "bytes", "accuracy", "validation", "runtime", "precision", "sha256", "status"}
+
+
+def _results(cfg) -> dict:
+    return json.loads((cfg.build_root / "bench/results.json").read_text())
+
+
+def test_digits_lifecycle_exports_validates_and_caches(tmp_path):
+    path = write_config(tmp_path / "tiny.yaml")
+    cfg = load_config(path)
+    assert runner.run(cfg, str(path)) == ["data", "finetune", "export"]
+
+    artifacts = cfg.build_root / "artifacts"
+    assert sorted(p.name for p in artifacts.iterdir()) == ["labels.txt", "tiny.keras", "tiny_fp32.onnx", "tiny_fp32.tflite"]
+    assert (artifacts / "labels.txt").read_text().splitlines() == [str(i) for i in range(10)]
+    results = _results(cfg)
+    by_format = {a["format"]: a for a in results["artifacts"]}
+    assert list(by_format) == ["keras", "tflite-fp32", "onnx-fp32"]
+    for fmt, entry in by_format.items():
+        assert RESULT_KEYS <= set(entry), fmt
+        assert entry["status"] == "passed" and entry["bytes"] == (artifacts / entry["file"]).stat().st_size
+        assert entry["validation"]["top1_agreement"] >= 0.995 and entry["validation"]["max_abs_diff"] <= 1e-4
+        assert entry["validation"]["images"] == results["dataset"]["test_images"] > 0
+    assert by_format["keras"]["accuracy"]["top1"] == results["reference"]["accuracy"]["top1"]
+    history = json.loads((cfg.build_root / "finetune/history.json").read_text())
+    assert len(history["head"]["val_accuracy"]) == 1 and len(history["fine_tune"]["val_accuracy"]) == 1
+
+    # Nothing changed: nothing runs.
+    assert runner.run(cfg, str(path)) == []
+    assert all(reason is None for _, reason in runner.status(cfg))
+
+    # A train key re-runs finetune and what follows it, not data.
+    changed = load_config(path, ["train.head_epochs=2"])
+    assert [name for name, reason in runner.status(changed) if reason] == ["finetune"]
+    assert runner.run(changed, str(path)) == ["finetune", "export"]
+
+    # An export key re-runs export only; a deleted artifact is noticed too.
+    fewer = load_config(path, ["train.head_epochs=2", "export.formats=[keras, tflite-fp32]"])
+    assert runner.run(fewer, str(path)) == ["export"]
+    assert not (artifacts / "tiny_fp32.onnx").exists()
+    (artifacts / "tiny_fp32.tflite").unlink()
+    assert dict(runner.status(fewer))["export"] == "output artifacts/tiny_fp32.tflite missing"
+    assert runner.run(fewer, str(path)) == ["export"]
+
+
+def test_file_over_budget_fails_the_run_and_is_not_published(tmp_path, monkeypatch):
+    path = write_config(tmp_path / "tiny.yaml", export={"formats": ["tflite-fp32"]})
+    cfg = load_config(path)
+    monkeypatch.setattr(TFLiteFP32, "max_abs_diff", -1.0)  # no file can meet this
+    with pytest.raises(BudgetError) as err:
+        runner.run(cfg, str(path))
+    staged = cfg.build_root / "export/staging/tiny_fp32.tflite"
+    assert str(staged) in str(err.value) and "max |dp|" in str(err.value)
+    assert staged.exists(), "the rejected file is kept for inspection"
+    assert not (cfg.build_root / "artifacts/tiny_fp32.tflite").exists()
+    assert not (cfg.build_root / "export/stamp.json").exists()
+    entry = _results(cfg)["artifacts"][0]
+    assert entry["status"] == "failed" and "max |dp|" in entry["error"]
+    # Earlier stages keep their stamps: fixing the budget re-runs export only.
+    monkeypatch.setattr(TFLiteFP32, "max_abs_diff", 1e-4)
+    assert runner.run(cfg, str(path)) == ["export"]
+    assert (cfg.build_root / "artifacts/tiny_fp32.tflite").exists()
+
+
+def test_image_folder_source_end_to_end(tmp_path, image_folder):
+    path = write_config(
+        tmp_path / "photos.yaml", name="photos",
+        data={"source": "folder", "path": str(image_folder), "image_size": 32, "seed": 1,
+              "val_fraction": 0.25, "test_fraction": 0.25, "augment": ["horizontal_flip", "crop"]},
+        export={"formats": ["keras", "onnx-fp32"]},
+    )
+    cfg = load_config(path)
+    assert runner.run(cfg, str(path)) == ["data", "finetune", "export"]
+    assert (cfg.build_root / "artifacts/labels.txt").read_text().splitlines() == ["apple", "leaf", "sky"]
+    results = _results(cfg)
+    assert results["dataset"]["classes"] == ["apple", "leaf", "sky"]
+    assert all(a["status"] == "passed" for a in results["artifacts"])
+
+
+def test_resnet50_goes_through_every_stage(tmp_path):
+    path = write_config(
+        tmp_path / "resnet.yaml", name="resnet",
+        model={"backbone": "resnet50", "weights": "none", "dropout": 0.0},
+        data={"source": "digits", "image_size": 32, "limit_per_class": 10, "seed": 2, "augment": [],
+              "val_fraction": 0.2, "test_fraction": 0.2},
+    )
+    cfg = load_config(path)
+    assert runner.run(cfg, str(path)) == ["data", "finetune", "export"]
+    results = _results(cfg)
+    assert [a["format"] for a in results["artifacts"]] == ["keras", "tflite-fp32", "onnx-fp32"]
+    assert all(a["status"] == "passed" for a in results["artifacts"])
+    assert results["model"]["backbone"] == "resnet50"
+    assert results["preprocessing"]["in_graph_normalization"]["channel_order"] == "BGR"
+
+
+def test_cli_second_run_says_nothing_ran_and_status_agrees(tmp_path):
+    path = write_config(tmp_path / "tiny.yaml", export={"formats": ["keras"]})
+    first = run_cli("run", "--config", str(path))
+    assert first.returncode == 0, first.stderr[-2000:]
+    second = run_cli("run", "--config", str(path))
+    assert second.returncode == 0 and "ran no stage" in second.stdout
+    assert "up to date, skipped" in second.stderr
+    status = run_cli("status", "--config", str(path), "--set", "train.fine_tune_lr=0.002")
+    lines = dict(line.split(None, 1) for line in status.stdout.splitlines())
+    assert lines["data"] == "up to date" and lines["finetune"].startswith("stale: config section")
+    assert lines["export"] == "up to date"  # its own inputs are unchanged until finetune re-runs
