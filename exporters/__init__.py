@@ -4,7 +4,7 @@ Importing this package is cheap; TensorFlow, tf2onnx and the runtimes are
 imported inside the exporters when they run.
 """
 
-from exporters import keras_format, onnx, tflite  # noqa: F401  (register the formats)
+from exporters import keras_format, tflite, onnx  # noqa: F401,I001  (registration order = table order)
 from exporters.registry import ExportContext, Exporter, get, names, register, table
 
 __all__ = ["ExportContext", "Exporter", "get", "names", "register", "table"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from exporters.registry import ExportContext, Exporter, register
@@ -16,6 +17,10 @@ class ONNXFP32(Exporter):
     def export(self, model, path: Path, ctx: ExportContext) -> None:
         import onnx
         import tf2onnx
+        from tf2onnx import verbose_logging
+
+        # tf2onnx logs every graph rewrite at INFO; keep the run log about our stages.
+        verbose_logging.set_level(logging.WARNING)
 
         from pipeline.keras_compat import tf
 

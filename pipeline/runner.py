@@ -96,8 +96,22 @@ def why_stale(stage: Stage, cfg: Config, root: Path) -> Optional[str]:
 
 
 def status(cfg: Config) -> list[tuple[str, Optional[str]]]:
+    """Each stage with the reason it would run now (None: up to date).
+
+    Deps are named ``<stage>/<file>``, so a stage that reads from a stale stage
+    is reported as running after it.
+    """
     root = cfg.build_root
-    return [(stage.name, why_stale(stage, cfg, root)) for stage, _ in all_stages()]
+    rows, stale = [], set()
+    for stage, _ in all_stages():
+        reason = why_stale(stage, cfg, root)
+        if reason is None:
+            upstream = [d.split("/")[0] for d in stage.deps if d.split("/")[0] in stale]
+            reason = f"after {upstream[0]} re-runs" if upstream else None
+        if reason is not None:
+            stale.add(stage.name)
+        rows.append((stage.name, reason))
+    return rows
 
 
 def run(cfg: Config, config_source: str) -> list[str]:

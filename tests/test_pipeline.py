@@ -45,7 +45,8 @@ def test_digits_lifecycle_exports_validates_and_caches(tmp_path):
 
     # A train key re-runs finetune and what follows it, not data.
     changed = load_config(path, ["train.head_epochs=2"])
-    assert [name for name, reason in runner.status(changed) if reason] == ["finetune"]
+    assert dict(runner.status(changed)) == {
+        "data": None, "finetune": "config section(s) data, model, train changed", "export": "after finetune re-runs"}
     assert runner.run(changed, str(path)) == ["finetune", "export"]
 
     # An export key re-runs export only; a deleted artifact is noticed too.
@@ -117,4 +118,4 @@ def test_cli_second_run_says_nothing_ran_and_status_agrees(tmp_path):
     status = run_cli("status", "--config", str(path), "--set", "train.fine_tune_lr=0.002")
     lines = dict(line.split(None, 1) for line in status.stdout.splitlines())
     assert lines["data"] == "up to date" and lines["finetune"].startswith("stale: config section")
-    assert lines["export"] == "up to date"  # its own inputs are unchanged until finetune re-runs
+    assert lines["export"] == "stale: after finetune re-runs"
