@@ -72,6 +72,9 @@ class TrainConfig(_Section):
     fine_tune_lr: float = Field(default=1e-4, gt=0)
     # An int counts backbone layers from the top; a float in (0, 1] is a fraction of them.
     fine_tune_at: Union[int, float] = 30
+    # "cosine" decays each phase's learning rate to zero over its epochs; "constant" keeps it.
+    lr_schedule: Literal["constant", "cosine"] = "cosine"
+    label_smoothing: float = Field(default=0.0, ge=0, lt=1)
     # Epochs without a better validation accuracy before a phase stops early.
     patience: int = Field(default=3, ge=1)
     # BatchNorm is kept in inference mode so fine-tuning does not wreck the
@@ -229,4 +232,9 @@ def check_paths(cfg: Config, source: str) -> None:
     if cfg.data.source == "folder" and not Path(cfg.data.path).is_dir():
         raise ConfigError(
             f"{source}: data.path '{cfg.data.path}' is not a folder; point it at a folder with one sub-folder per class."
+        )
+    if cfg.model.weights not in ("imagenet", "none") and not Path(cfg.model.weights).is_file():
+        raise ConfigError(
+            f"{source}: model.weights '{cfg.model.weights}' is not a file; point it at a no-top .h5 weights file "
+            "for this backbone, or use 'none' to train from scratch."
         )

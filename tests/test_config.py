@@ -117,3 +117,10 @@ def test_cli_imagenet_offline_says_how_to_use_a_local_file(tmp_path):
     proc = run_cli("run", "--config", str(path), env_extra={"HTTPS_PROXY": dead, "HTTP_PROXY": dead, "https_proxy": dead})
     line = _one_sentence_exit_2(proc)
     assert "imagenet" in line and "model.weights" in line and ".h5" in line
+
+
+def test_cli_missing_weights_file_exits_2_before_any_stage(tmp_path):
+    path = write_config(tmp_path / "c.yaml", model={"backbone": "mobilenet_v2", "weights": str(tmp_path / "w.h5")})
+    line = _one_sentence_exit_2(run_cli("run", "--config", str(path)))
+    assert "model.weights" in line and "w.h5" in line
+    assert not (tmp_path / "build").exists()

@@ -82,6 +82,8 @@ def test_image_folder_source_end_to_end(tmp_path, image_folder):
         tmp_path / "photos.yaml", name="photos",
         data={"source": "folder", "path": str(image_folder), "image_size": 32, "seed": 1,
               "val_fraction": 0.25, "test_fraction": 0.25, "augment": ["horizontal_flip", "crop"]},
+        train={"batch_size": 8, "head_epochs": 1, "head_lr": 0.01, "fine_tune_epochs": 1, "fine_tune_lr": 0.001,
+               "fine_tune_at": 10, "label_smoothing": 0.1, "lr_schedule": "constant"},
         export={"formats": ["keras", "onnx-fp32"]},
     )
     cfg = load_config(path)
@@ -89,6 +91,8 @@ def test_image_folder_source_end_to_end(tmp_path, image_folder):
     assert (cfg.build_root / "artifacts/labels.txt").read_text().splitlines() == ["apple", "leaf", "sky"]
     results = _results(cfg)
     assert results["dataset"]["classes"] == ["apple", "leaf", "sky"]
+    history = json.loads((cfg.build_root / "finetune/history.json").read_text())
+    assert history["unfrozen_layers"] == 10
     assert all(a["status"] == "passed" for a in results["artifacts"])
 
 
@@ -105,6 +109,7 @@ def test_resnet50_goes_through_every_stage(tmp_path):
     assert [a["format"] for a in results["artifacts"]] == ["keras", "tflite-fp32", "onnx-fp32"]
     assert all(a["status"] == "passed" for a in results["artifacts"])
     assert results["model"]["backbone"] == "resnet50"
+    assert results["artifacts"][1]["bytes"] > 50_000_000  # a real ResNet50, not a stand-in
     assert results["preprocessing"]["in_graph_normalization"]["channel_order"] == "BGR"
 
 

@@ -50,8 +50,21 @@ class BestWeights(keras.callbacks.Callback):
             self.best, self.best_epoch, self.weights = acc, f"{self.phase} epoch {epoch + 1}", self.model.get_weights()
 
 
-def _compile(model, lr: float) -> None:
-    model.compile(optimizer=keras.optimizers.Adam(lr), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+def _compile(model, lr: float, epochs: int, steps_per_epoch: int, t) -> None:
+    if t.lr_schedule == "cosine" and epochs > 0:
+        lr = keras.optimizers.schedules.CosineDecay(lr, decay_steps=max(1, epochs * steps_per_epoch))
+    if t.label_smoothing:
+        # Sparse labels with smoothing: Keras 2's sparse loss has no label_smoothing argument.
+        n = model.output_shape[-1]
+        smoothing = t.label_smoothing
+
+        def loss(y_true, y_pred):
+            y = tf.one_hot(tf.cast(tf.reshape(y_true, [-1]), tf.int32), n)
+            return keras.losses.categorical_crossentropy(y, y_pred, label_smoothing=smoothing)
+    else:
+        loss = "sparse_categorical_crossentropy"
+    model.compile(optimizer=keras.optimizers.Adam(lr), loss=loss,
+                  metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
 
 
 def _fit(model, phase: str, epochs: int, train_ds, val_ds, best: BestWeights, patience: int) -> dict:
@@ -86,13 +99,14 @@ def run(cfg: Config, ctx) -> None:
     best = BestWeights()
     started = time.time()
     models.freeze_backbone(model)
-    _compile(model, t.head_lr)
+    steps = int(np.ceil(len(y_train) / t.batch_size))
+    _compile(model, t.head_lr, t.head_epochs, steps, t)
     head = _fit(model, "head", t.head_epochs, train_ds, val_ds, best, t.patience)
 
     unfrozen = models.set_trainable(model, t.fine_tune_at, t.freeze_batchnorm)
     fine = {}
     if unfrozen and t.fine_tune_epochs:
-        _compile(model, t.fine_tune_lr)  # recompile: trainable flags only take effect on compile
+        _compile(model, t.fine_tune_lr, t.fine_tune_epochs, steps, t)  # trainable flags take effect on compile
         fine = _fit(model, "fine_tune", t.fine_tune_epochs, train_ds, val_ds, best, t.patience)
     elif t.fine_tune_epochs:
         log.info("[finetune] fine_tune_at unfreezes no layer: phase 2 skipped")
