@@ -1,0 +1,29 @@
+"""Real photos, real ImageNet weights: the slow acceptance run (``make test-slow``, ~12 min on 2 cores)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from benchmarks.linear_probe import probe
+from pipeline import runner
+from pipeline.config import load_config
+from tests.conftest import REPO, needs_shared
+
+
+@pytest.mark.slow
+@needs_shared
+def test_flowers_fine_tune_beats_linear_probe_and_exports_agree(tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)  # the config's ../shared paths are relative to the repo root
+    config = REPO / "configs/flowers.yaml"
+    cfg = load_config(config, [f"build_dir={tmp_path}"])
+    assert runner.run(cfg, str(config)) == ["data", "finetune", "export"]
+    results = json.loads((cfg.build_root / "bench/results.json").read_text())
+    fine_tuned = results["reference"]["accuracy"]["top1"]
+    baseline = probe(cfg)["test_top1"]
+    assert fine_tuned >= baseline + 0.05, (fine_tuned, baseline)
+    for entry in results["artifacts"]:
+        assert entry["status"] == "passed"
+        assert entry["validation"]["top1_agreement"] >= 0.995
+        assert entry["validation"]["max_abs_diff"] <= 1e-4
