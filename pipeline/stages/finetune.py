@@ -114,8 +114,8 @@ def run(cfg: Config, ctx) -> None:
     if best.weights is not None:
         model.set_weights(best.weights)
         log.info("[finetune] restored best weights: val_accuracy %.4f at %s", best.best, best.best_epoch)
-    # Saved fully trainable and uncompiled: later stages (export, pruning, QAT)
-    # decide their own trainable flags and optimizers.
+    # Saved with every layer trainable: later stages load it with compile=False
+    # and choose their own trainable flags and optimizers (pruning, QAT).
     for layer in model.layers:
         layer.trainable = True
 
