@@ -29,13 +29,25 @@ def _litert(path: Path, threads: int):
     inp = interpreter.get_input_details()[0]
     out = interpreter.get_output_details()[0]
 
+    in_scale, in_zero = inp["quantization"]
+    out_scale, out_zero = out["quantization"]
+    quantized_in = np.issubdtype(inp["dtype"], np.integer)
+    quantized_out = np.issubdtype(out["dtype"], np.integer)
+
     def predict(images: np.ndarray) -> np.ndarray:
         # One image at a time, the way a phone app calls it.
         results = []
         for image in images:
-            interpreter.set_tensor(inp["index"], image[None].astype(inp["dtype"]))
+            x = image[None]
+            if quantized_in:  # integer I/O: quantize pixels with the file's own scale and zero point
+                info = np.iinfo(inp["dtype"])
+                x = np.clip(np.round(x / in_scale + in_zero), info.min, info.max)
+            interpreter.set_tensor(inp["index"], x.astype(inp["dtype"]))
             interpreter.invoke()
-            results.append(interpreter.get_tensor(out["index"])[0].astype(np.float32))
+            y = interpreter.get_tensor(out["index"])[0]
+            if quantized_out:
+                y = (y.astype(np.float32) - out_zero) * out_scale
+            results.append(y.astype(np.float32))
         return np.stack(results)
 
     return predict
@@ -63,3 +75,22 @@ def _keras(path: Path):
 
     model = load_model(path)
     return lambda images: predict_probs(model, images)
+
+
+def median_latency_ms(predict: Callable[[np.ndarray], np.ndarray], sample: np.ndarray, runs: int,
+                      warmup: int = 5, max_seconds: float = 10.0) -> float:
+    """Median wall time of single-image calls, after warm-up; stops early after ``max_seconds``."""
+    import time
+
+    sample = sample[:1].astype(np.float32)
+    for _ in range(warmup):
+        predict(sample)
+    times = []
+    deadline = time.perf_counter() + max_seconds
+    for _ in range(runs):
+        start = time.perf_counter()
+        predict(sample)
+        times.append(time.perf_counter() - start)
+        if time.perf_counter() > deadline:
+            break
+    return round(float(np.median(times)) * 1000.0, 4)

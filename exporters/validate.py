@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
@@ -15,18 +16,24 @@ from exporters.runtimes import load_predictor
 class Validation:
     images: int
     top1: float
+    reference_top1: float
+    accuracy_drop_pp: float
     top1_agreement: float
     max_abs_diff: float
-    min_top1_agreement: float
-    max_abs_diff_budget: float
+    min_top1_agreement: Optional[float]
+    max_abs_diff_budget: Optional[float]
+    max_accuracy_drop_pp: Optional[float]
 
     @property
     def failures(self) -> list[str]:
+        # `not (x <= budget)` rather than `x > budget`, so NaN fails too.
         out = []
-        if self.top1_agreement < self.min_top1_agreement:
+        if self.min_top1_agreement is not None and not self.top1_agreement >= self.min_top1_agreement:
             out.append(f"top-1 agreement {self.top1_agreement:.4f} < {self.min_top1_agreement}")
-        if not self.max_abs_diff <= self.max_abs_diff_budget:  # `not <=` also catches NaN
+        if self.max_abs_diff_budget is not None and not self.max_abs_diff <= self.max_abs_diff_budget:
             out.append(f"max |dp| {self.max_abs_diff:.3g} > {self.max_abs_diff_budget:g}")
+        if self.max_accuracy_drop_pp is not None and not self.accuracy_drop_pp <= self.max_accuracy_drop_pp:
+            out.append(f"top-1 dropped {self.accuracy_drop_pp:.2f} pp > budget {self.max_accuracy_drop_pp:g} pp")
         return out
 
     @property
@@ -37,20 +44,27 @@ class Validation:
         return asdict(self)
 
 
-def compare(probs: np.ndarray, reference: np.ndarray, labels: np.ndarray, exporter: Exporter) -> Validation:
+def compare(probs: np.ndarray, reference: np.ndarray, labels: np.ndarray, exporter: Exporter,
+            max_accuracy_drop_pp: Optional[float] = None) -> Validation:
+    """Figures of one artifact against the Keras reference; ``max_accuracy_drop_pp`` overrides the format's budget."""
     if probs.shape != reference.shape:
         raise ValueError(f"output shape {probs.shape} differs from the Keras model's {reference.shape}")
+    top1 = float(np.mean(probs.argmax(1) == labels))
+    reference_top1 = float(np.mean(reference.argmax(1) == labels))
     return Validation(
         images=int(len(labels)),
-        top1=float(np.mean(probs.argmax(1) == labels)),
+        top1=top1,
+        reference_top1=reference_top1,
+        accuracy_drop_pp=round(100.0 * (reference_top1 - top1), 4),
         top1_agreement=float(np.mean(probs.argmax(1) == reference.argmax(1))),
         max_abs_diff=float(np.max(np.abs(probs - reference))) if len(labels) else 0.0,
         min_top1_agreement=exporter.min_top1_agreement,
         max_abs_diff_budget=exporter.max_abs_diff,
+        max_accuracy_drop_pp=exporter.max_accuracy_drop_pp if max_accuracy_drop_pp is None else max_accuracy_drop_pp,
     )
 
 
-def validate(path: Path, exporter: Exporter, images: np.ndarray, labels: np.ndarray,
-             reference: np.ndarray, threads: int = 1) -> Validation:
+def validate(path: Path, exporter: Exporter, images: np.ndarray, labels: np.ndarray, reference: np.ndarray,
+             threads: int = 1, max_accuracy_drop_pp: Optional[float] = None) -> Validation:
     predict = load_predictor(path, exporter.runtime, threads)
-    return compare(predict(images.astype(np.float32)), reference, labels, exporter)
+    return compare(predict(images.astype(np.float32)), reference, labels, exporter, max_accuracy_drop_pp)

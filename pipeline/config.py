@@ -99,6 +99,17 @@ class ExportConfig(_Section):
     onnx_opset: int = Field(default=17, ge=13, le=21)
     # Threads the runtimes use while validating exported files.
     threads: int = Field(default=1, ge=1)
+    # Real training images (seeded choice) that int8 exporters calibrate on.
+    calibration_samples: int = Field(default=200, ge=1, le=100_000)
+    # Input/output type of full-integer TFLite files.
+    int8_io: Literal["float", "int8", "uint8"] = "float"
+    # Max test top-1 drop against the Keras model, in percentage points, per format;
+    # formats not listed keep the registry's default budget.
+    budgets: dict[str, float] = Field(default_factory=dict)
+    # fail: a file over budget fails the run; warn: it is published and marked in results.json.
+    on_budget_fail: Literal["fail", "warn"] = "fail"
+    # Single-image runs for the quick latency figure (median, 1 thread); 0 skips it.
+    latency_runs: int = Field(default=30, ge=0)
 
     @field_validator("formats")
     @classmethod
@@ -115,6 +126,18 @@ class ExportConfig(_Section):
             raise ValueError("export.formats lists a format twice")
         if not v:
             raise ValueError("export.formats must list at least one format")
+        return v
+
+    @field_validator("budgets")
+    @classmethod
+    def _budget_formats(cls, v: dict[str, float]) -> dict[str, float]:
+        from exporters import registry
+
+        for fmt, drop in v.items():
+            if fmt not in registry.names():
+                raise ValueError(f"unknown format '{fmt}' in export.budgets; valid formats: {', '.join(registry.names())}")
+            if not 0 <= drop <= 100:
+                raise ValueError(f"export.budgets.{fmt} must be between 0 and 100 percentage points")
         return v
 
 

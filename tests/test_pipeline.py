@@ -6,13 +6,14 @@ import json
 
 import pytest
 
-from exporters.tflite import TFLiteFP32
+from exporters.tflite import TFLiteFP32, TFLiteInt8
 from pipeline import runner
 from pipeline.config import load_config
 from pipeline.errors import BudgetError
 from tests.conftest import run_cli, write_config
 
-RESULT_KEYS = {"name", "format", "file", "bytes", "accuracy", "validation", "runtime", "precision", "sha256", "status"}
+RESULT_KEYS = {"name", "format", "file", "bytes", "gzip_bytes", "accuracy", "validation", "runtime", "precision",
+               "sha256", "status", "sparsity", "latency_ms", "latency_ratio_to_keras"}
 
 
 def _results(cfg) -> dict:
@@ -58,23 +59,29 @@ def test_digits_lifecycle_exports_validates_and_caches(tmp_path):
     assert runner.run(fewer, str(path)) == ["export"]
 
 
-def test_file_over_budget_fails_the_run_and_is_not_published(tmp_path, monkeypatch):
-    path = write_config(tmp_path / "tiny.yaml", export={"formats": ["tflite-fp32"]})
+@pytest.mark.parametrize("exporter, attr, file, reason", [
+    (TFLiteFP32, "max_abs_diff", "tiny_fp32.tflite", "max |dp|"),
+    (TFLiteInt8, "max_accuracy_drop_pp", "tiny_int8.tflite", "top-1 dropped"),
+])
+def test_file_over_budget_fails_the_run_and_is_not_published(tmp_path, monkeypatch, exporter, attr, file, reason):
+    path = write_config(tmp_path / "tiny.yaml", export={"formats": [exporter.name], "latency_runs": 0})
     cfg = load_config(path)
-    monkeypatch.setattr(TFLiteFP32, "max_abs_diff", -1.0)  # no file can meet this
+    monkeypatch.setattr(exporter, attr, -1.0)  # no file can meet this
     with pytest.raises(BudgetError) as err:
         runner.run(cfg, str(path))
-    staged = cfg.build_root / "export/staging/tiny_fp32.tflite"
-    assert str(staged) in str(err.value) and "max |dp|" in str(err.value)
+    staged = cfg.build_root / "export/staging" / file
+    assert str(staged) in str(err.value) and reason in str(err.value)
     assert staged.exists(), "the rejected file is kept for inspection"
-    assert not (cfg.build_root / "artifacts/tiny_fp32.tflite").exists()
+    assert not (cfg.build_root / "artifacts" / file).exists()
     assert not (cfg.build_root / "export/stamp.json").exists()
     entry = _results(cfg)["artifacts"][0]
-    assert entry["status"] == "failed" and "max |dp|" in entry["error"]
-    # Earlier stages keep their stamps: fixing the budget re-runs export only.
-    monkeypatch.setattr(TFLiteFP32, "max_abs_diff", 1e-4)
-    assert runner.run(cfg, str(path)) == ["export"]
-    assert (cfg.build_root / "artifacts/tiny_fp32.tflite").exists()
+    assert entry["status"] == "failed" and reason in entry["error"]
+    # warn publishes it and marks it; earlier stages keep their stamps, so only export re-runs.
+    warn = load_config(path, ["export.on_budget_fail=warn"])
+    assert runner.run(warn, str(path)) == ["export"]
+    assert (cfg.build_root / "artifacts" / file).exists()
+    entry = _results(cfg)["artifacts"][0]
+    assert entry["status"] == "warned" and reason in entry["error"]
 
 
 def test_image_folder_source_end_to_end(tmp_path, image_folder):

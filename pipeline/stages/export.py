@@ -9,6 +9,7 @@ run then fails naming each rejected file.
 
 from __future__ import annotations
 
+import gzip
 import logging
 import os
 import platform
@@ -20,6 +21,8 @@ from pathlib import Path
 import numpy as np
 
 import exporters
+from exporters import inspect
+from exporters.runtimes import load_predictor, median_latency_ms
 from exporters.validate import validate
 from pipeline import data, models
 from pipeline.config import Config
@@ -33,11 +36,11 @@ log = logging.getLogger("pipeline")
 
 STAGE = Stage(
     name="export",
-    deps=("finetune/model.keras", "data/test.npz", "data/labels.txt"),
+    deps=("finetune/model.keras", "data/train.npz", "data/test.npz", "data/labels.txt"),
     params=("export",),
     code=(
         "pipeline.stages.export", "exporters.registry", "exporters.keras_format", "exporters.tflite",
-        "exporters.onnx", "exporters.runtimes", "exporters.validate", "pipeline.models",
+        "exporters.onnx", "exporters.runtimes", "exporters.validate", "exporters.inspect", "pipeline.models",
     ),
 )
 
@@ -53,6 +56,33 @@ def _versions() -> dict:
         except metadata.PackageNotFoundError:
             out[dist] = None
     return out
+
+
+def calibration_images(train: np.ndarray, count: int, seed: int) -> np.ndarray:
+    """A seeded choice of real training images: the same build always calibrates on the same ones."""
+    order = np.random.default_rng(seed).permutation(len(train))[:count]
+    return train[np.sort(order)].astype(np.float32)
+
+
+def inspect_file(path: Path, exporter, model) -> dict:
+    """Facts read back from the exported bytes (sparsity, integer-only ops)."""
+    if exporter.runtime == "litert":
+        summary = inspect.tflite_summary(path)
+        return {"sparsity": summary["sparsity"], "fully_integer": summary["fully_integer"],
+                "float_ops": summary["float_ops"]}
+    if exporter.runtime == "onnxruntime":
+        return {"sparsity": inspect.onnx_sparsity(path)}
+    return {"sparsity": inspect.keras_sparsity(model)}
+
+
+def keras_latency_ms(model, sample: np.ndarray, runs: int):
+    """The Keras model as a compiled tf.function, batch 1, timed like the exported files."""
+    if not runs:
+        return None
+    from pipeline.keras_compat import tf
+
+    fn = tf.function(lambda x: model(x, training=False))
+    return median_latency_ms(lambda x: fn(tf.constant(x)).numpy(), sample, runs)
 
 
 def run(cfg: Config, ctx) -> None:
@@ -71,7 +101,12 @@ def run(cfg: Config, ctx) -> None:
     for folder in (staging, artifacts):
         shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir(parents=True)
-    export_ctx = exporters.ExportContext(image_size=cfg.data.image_size, onnx_opset=cfg.export.onnx_opset)
+    x_train, _ = data.load_split(ctx.path("data/train.npz"))
+    calibration = calibration_images(x_train, cfg.export.calibration_samples, cfg.data.seed)
+    export_ctx = exporters.ExportContext(image_size=cfg.data.image_size, onnx_opset=cfg.export.onnx_opset,
+                                         calibration_images=calibration, int8_io=cfg.export.int8_io)
+    sample = x_test[:1]
+    reference_latency = keras_latency_ms(model, sample, cfg.export.latency_runs)
 
     entries, rejected = [], []
     for fmt in cfg.export.formats:
@@ -82,7 +117,8 @@ def run(cfg: Config, ctx) -> None:
         with atomic_path(staged) as tmp:
             exporter.export(model, tmp, export_ctx)
         export_s = time.time() - started
-        check = validate(staged, exporter, x_test, y_test, reference, threads=cfg.export.threads)
+        check = validate(staged, exporter, x_test, y_test, reference, threads=cfg.export.threads,
+                         max_accuracy_drop_pp=cfg.export.budgets.get(fmt))
         entry = {
             "name": f"{cfg.name}-{fmt}",
             "format": fmt,
@@ -90,23 +126,35 @@ def run(cfg: Config, ctx) -> None:
             "precision": exporter.precision,
             "file": filename,
             "bytes": staged.stat().st_size,
+            "gzip_bytes": len(gzip.compress(staged.read_bytes(), compresslevel=9, mtime=0)),
             "sha256": sha256_file(staged),
-            "status": "passed" if check.passed else "failed",
-            "accuracy": {"top1": check.top1, "delta_pp": round(100 * (check.top1 - keras_top1), 4)},
+            "accuracy": {"top1": check.top1, "delta_pp": round(-check.accuracy_drop_pp, 4)},
             "validation": check.as_dict(),
             "export_seconds": round(export_s, 2),
+            **inspect_file(staged, exporter, model),
         }
-        if check.passed:
+        failures = check.failures
+        if exporter.fully_integer and not entry.get("fully_integer", True):
+            failures = failures + [f"claims full integer but runs float ops {entry['float_ops']}"]
+        entry["status"] = "passed" if not failures else ("warned" if cfg.export.on_budget_fail == "warn" else "failed")
+        if cfg.export.latency_runs:
+            predict = load_predictor(staged, exporter.runtime, threads=1)
+            entry["latency_ms"] = median_latency_ms(predict, sample, cfg.export.latency_runs)
+            entry["latency_ratio_to_keras"] = round(entry["latency_ms"] / reference_latency, 4)
+        if failures:
+            entry["error"] = "; ".join(failures)
+        if entry["status"] != "failed":
             published = artifacts / filename
             os.replace(staged, published)
             ctx.record_output(published)
-            log.info("[export] %-12s %s  %8.1f KB  top-1 %.4f  agreement %.4f  max|dp| %.2e",
-                     fmt, filename, entry["bytes"] / 1024, check.top1, check.top1_agreement, check.max_abs_diff)
+            log.info("[export] %-14s %-28s %9.1f KB  top-1 %.4f (%+.2f pp)  agreement %.4f  max|dp| %.2e%s",
+                     fmt, filename, entry["bytes"] / 1024, check.top1, entry["accuracy"]["delta_pp"],
+                     check.top1_agreement, check.max_abs_diff,
+                     f"  OVER BUDGET (warn): {entry['error']}" if failures else "")
         else:
-            entry["error"] = "; ".join(check.failures)
             entry["file"] = str(Path("export/staging") / filename)
             rejected.append(f"{staged} ({entry['error']})")
-            log.error("[export] %-12s %s REJECTED: %s", fmt, filename, entry["error"])
+            log.error("[export] %-14s %s REJECTED: %s", fmt, filename, entry["error"])
         entries.append(entry)
 
     labels_out = artifacts / "labels.txt"
@@ -127,7 +175,7 @@ def run(cfg: Config, ctx) -> None:
         "model": {"backbone": cfg.model.backbone, "alpha": cfg.model.alpha, "weights": cfg.model.weights,
                   "image_size": cfg.data.image_size},
         "preprocessing": models.preprocessing_contract(cfg.model, cfg.data.image_size),
-        "reference": {"format": "keras", "accuracy": {"top1": keras_top1}},
+        "reference": {"format": "keras", "accuracy": {"top1": keras_top1}, "latency_ms": reference_latency},
         "artifacts": entries,
     }
     results_path = ctx.path("bench/results.json")

@@ -1,0 +1,152 @@
+"""Read exported files back: which ops run in float, and how sparse the weights really are.
+
+Figures here come from the bytes of the file, not from the config that made
+it: a pruned model whose zeros were lost in conversion shows up as dense.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+# TFLite TensorType codes (schema.fbs) of the tensor types we meet.
+_FLOAT_TYPES = {0: "float32", 1: "float16", 10: "float64"}
+_NUMPY = {0: np.float32, 1: np.float16, 2: np.int32, 3: np.uint8, 9: np.int8, 7: np.int16, 4: np.int64}
+_KERNEL_OPS = {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV"}
+
+
+def _schema():
+    from ai_edge_litert import schema_py_generated as schema
+
+    return schema
+
+
+def _op_names():
+    schema = _schema()
+    return {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+
+
+def tflite_summary(path: Path) -> dict:
+    """Float ops outside the I/O boundary, and sparsity of conv/dense kernels, read from the flatbuffer."""
+    schema = _schema()
+    buf = Path(path).read_bytes()
+    model = schema.Model.GetRootAsModel(buf, 0)
+    names = _op_names()
+    graph = model.Subgraphs(0)
+    inputs, outputs = set(graph.InputsAsNumpy().tolist()), set(graph.OutputsAsNumpy().tolist())
+
+    def tensor(i):
+        return graph.Tensors(i)
+
+    def is_constant(i):
+        b = model.Buffers(tensor(i).Buffer())
+        return b is not None and b.DataLength() > 0
+
+    def op_name(op):
+        code = model.OperatorCodes(op.OpcodeIndex())
+        return names.get(max(code.BuiltinCode(), code.DeprecatedBuiltinCode()), "CUSTOM")
+
+    float_ops, kernels = [], []
+    for k in range(graph.OperatorsLength()):
+        op = graph.Operators(k)
+        name = op_name(op)
+        ins = [i for i in op.InputsAsNumpy().tolist() if i >= 0]
+        outs = op.OutputsAsNumpy().tolist()
+        if name in _KERNEL_OPS and len(ins) > 1:
+            kernels.append(_weight_tensor(model, graph, ins[1]))
+        # Boundary conversions are allowed: float pixels in, float probabilities out.
+        if name == "QUANTIZE" and set(ins) <= inputs:
+            continue
+        if name == "DEQUANTIZE" and set(outs) <= outputs:
+            continue
+        if name == "DEQUANTIZE" and all(is_constant(i) for i in ins):
+            float_ops.append(name)  # fp16 weights expanded to float at load time
+            continue
+        if any(tensor(i).Type() in _FLOAT_TYPES for i in ins + outs if not is_constant(i)):
+            float_ops.append(name)
+    zeros = sum(int(z) for z, _ in kernels if z is not None)
+    total = sum(int(n) for z, n in kernels if z is not None)
+    return {
+        "fully_integer": not float_ops,
+        "float_ops": sorted(set(float_ops)),
+        "sparsity": round(zeros / total, 6) if total else 0.0,
+        "prunable_weights": total,
+    }
+
+
+def _weight_tensor(model, graph, index):
+    """(zero count, element count) of a kernel; follows a DEQUANTIZE of fp16 weights back to its constant."""
+    t = graph.Tensors(index)
+    data = model.Buffers(t.Buffer())
+    if data is None or data.DataLength() == 0:
+        producer = _producer(graph, index)
+        if producer is None:
+            return None, 0
+        return _weight_tensor(model, graph, producer.InputsAsNumpy()[0])
+    dtype = _NUMPY.get(t.Type())
+    if dtype is None:
+        return None, 0
+    values = np.frombuffer(data.DataAsNumpy().tobytes(), dtype=dtype)
+    zero = 0
+    q = t.Quantization()
+    if q is not None and q.ZeroPointLength() and np.issubdtype(dtype, np.integer):
+        zp = q.ZeroPointAsNumpy()
+        zero = zp if zp.size == 1 else None
+        if zero is None:  # per-channel zero points along the quantized dimension
+            shape = t.ShapeAsNumpy()
+            axis = q.QuantizedDimension()
+            reshaped = values.reshape(shape)
+            bshape = [1] * len(shape)
+            bshape[axis] = -1
+            return int(np.sum(reshaped == zp.reshape(bshape))), values.size
+    return int(np.sum(values == zero)), values.size
+
+
+def _producer(graph, tensor_index):
+    for k in range(graph.OperatorsLength()):
+        op = graph.Operators(k)
+        if tensor_index in op.OutputsAsNumpy().tolist():
+            return op
+    return None
+
+
+def onnx_sparsity(path: Path) -> float:
+    """Zero fraction of Conv/Gemm/MatMul weight initializers (quantized ones compared with their zero point)."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path))
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    producers = {out: node for node in model.graph.node for out in node.output}
+    zeros = total = 0
+    for node in model.graph.node:
+        if node.op_type not in ("Conv", "Gemm", "MatMul") or len(node.input) < 2:
+            continue
+        name = node.input[1]
+        zp = 0
+        if name not in inits and name in producers and producers[name].op_type == "DequantizeLinear":
+            dq = producers[name]
+            name = dq.input[0]
+            if len(dq.input) > 2 and dq.input[2] in inits:
+                zp = inits[dq.input[2]]
+                if zp.size > 1:
+                    axis = next((a.i for a in dq.attribute if a.name == "axis"), 1)
+                    shape = [1] * inits[name].ndim
+                    shape[axis] = -1
+                    zp = zp.reshape(shape)
+        if name in inits and inits[name].ndim >= 2:
+            zeros += int(np.sum(inits[name] == zp))
+            total += inits[name].size
+    return round(zeros / total, 6) if total else 0.0
+
+
+def keras_sparsity(model) -> float:
+    zeros = total = 0
+    for layer in model.layers:
+        for w in getattr(layer, "kernel", None), getattr(layer, "depthwise_kernel", None):
+            if w is not None:
+                values = w.numpy()
+                zeros += int(np.sum(values == 0))
+                total += values.size
+    return round(zeros / total, 6) if total else 0.0
