@@ -20,7 +20,7 @@ export: $(VENV)/.installed
 	$(PY) -m pipeline run --config $(CONFIG) $(foreach s,$(SET),--set $(s))
 
 status: $(VENV)/.installed
-	$(PY) -m pipeline status --config $(CONFIG)
+	$(PY) -m pipeline status --config $(CONFIG) $(foreach s,$(SET),--set $(s))
 
 test: $(VENV)/.installed
 	$(PY) -m pytest

@@ -70,11 +70,10 @@ def _onnxruntime(path: Path, threads: int):
 
 
 def _keras(path: Path):
-    from pipeline.models import predict_probs
+    from pipeline.models import compiled_predictor
     from pipeline.stages.finetune import load_model
 
-    model = load_model(path)
-    return lambda images: predict_probs(model, images)
+    return compiled_predictor(load_model(path))
 
 
 def median_latency_ms(predict: Callable[[np.ndarray], np.ndarray], sample: np.ndarray, runs: int,

@@ -60,7 +60,7 @@ class ModelConfig(_Section):
     @classmethod
     def _known_alpha(cls, v: float) -> float:
         if v not in MOBILENET_V2_ALPHAS:
-            raise ValueError(f"model.alpha must be one of {', '.join(map(str, MOBILENET_V2_ALPHAS))}")
+            raise ValueError(f"must be one of {', '.join(map(str, MOBILENET_V2_ALPHAS))}")
         return v
 
 

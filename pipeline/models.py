@@ -136,8 +136,8 @@ def _weights_error(exc: Exception, model_cfg: ModelConfig) -> Exception:
     if model_cfg.weights == "imagenet" and ("URL fetch failure" in text or "Name or service" in text or "urlopen" in text):
         return WeightsError(
             "model.weights is 'imagenet' but the weights cannot be downloaded (no network); "
-            f"set model.weights to the path of a local {model_cfg.backbone} no-top .h5 file "
-            "(e.g. ../shared/weights/mobilenet_v2_1.0_imagenet_no_top.h5) or to 'none'."
+            f"set model.weights to the path of a local {model_cfg.backbone} no-top .h5 file, "
+            "or copy the file named in the 'Downloading data from' line into ~/.keras/models/, or use 'none'."
         )
     if model_cfg.weights not in ("imagenet", "none"):
         return WeightsError(
@@ -184,8 +184,17 @@ def freeze_backbone(model: keras.Model) -> None:
         layer.trainable = False
 
 
-def predict_probs(model: keras.Model, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
-    """Keras reference probabilities: a compiled call in inference mode, batch by batch."""
+def compiled_predictor(model: keras.Model, batch_size: int = 64):
+    """``predict(images) -> probabilities``: one compiled tf.function in inference mode, batch by batch."""
     fn = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
-    out = [fn(tf.constant(images[i:i + batch_size], tf.float32)).numpy() for i in range(0, len(images), batch_size)]
-    return np.concatenate(out, axis=0) if out else np.zeros((0, model.output_shape[-1]), np.float32)
+
+    def predict(images: np.ndarray) -> np.ndarray:
+        out = [fn(tf.constant(images[i:i + batch_size], tf.float32)).numpy() for i in range(0, len(images), batch_size)]
+        return np.concatenate(out, axis=0) if out else np.zeros((0, model.output_shape[-1]), np.float32)
+
+    return predict
+
+
+def predict_probs(model: keras.Model, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    """Keras reference probabilities for a set of images."""
+    return compiled_predictor(model, batch_size)(images)

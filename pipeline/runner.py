@@ -55,7 +55,7 @@ def _expected(stage: Stage, cfg: Config, root: Path) -> dict:
         deps[rel] = sha256_file(p) if p.exists() else None
     return {
         "deps": deps,
-        "params": cfg.section_hash(*stage.params),
+        "params": {section: cfg.section_hash(section) for section in stage.params},
         "code": _code_hash(stage.code),
         "inputs": stage.external_inputs(cfg) if stage.external_inputs else None,
     }
@@ -81,7 +81,9 @@ def why_stale(stage: Stage, cfg: Config, root: Path) -> Optional[str]:
         if stamp.get("deps", {}).get(rel) != digest:
             return f"input {rel} changed"
     if stamp.get("params") != expected["params"]:
-        return f"config section(s) {', '.join(stage.params)} changed"
+        old = stamp.get("params") if isinstance(stamp.get("params"), dict) else {}
+        changed = [s for s in stage.params if old.get(s) != expected["params"][s]]
+        return f"config section(s) {', '.join(changed)} changed"
     if stamp.get("code") != expected["code"]:
         return "stage code changed"
     if stamp.get("inputs") != expected["inputs"]:

@@ -59,7 +59,7 @@ def write_config(path: Path, **sections) -> Path:
         "model": {"backbone": "mobilenet_v2", "alpha": 0.35, "weights": "none", "dropout": 0.0},
         "train": {"batch_size": 16, "head_epochs": 1, "head_lr": 0.01, "fine_tune_epochs": 1,
                   "fine_tune_lr": 0.01, "fine_tune_at": 1.0, "freeze_batchnorm": False, "batchnorm_momentum": 0.9},
-        "export": {"formats": ["keras", "tflite-fp32", "onnx-fp32"]},
+        "export": {"formats": ["keras", "tflite-fp32", "onnx-fp32"], "latency_runs": 5},
     }
     for key, value in sections.items():
         cfg[key] = value

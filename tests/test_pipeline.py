@@ -47,7 +47,7 @@ def test_digits_lifecycle_exports_validates_and_caches(tmp_path):
     # A train key re-runs finetune and what follows it, not data.
     changed = load_config(path, ["train.head_epochs=2"])
     assert dict(runner.status(changed)) == {
-        "data": None, "finetune": "config section(s) data, model, train changed", "export": "after finetune re-runs"}
+        "data": None, "finetune": "config section(s) train changed", "export": "after finetune re-runs"}
     assert runner.run(changed, str(path)) == ["finetune", "export"]
 
     # An export key re-runs export only; a deleted artifact is noticed too.

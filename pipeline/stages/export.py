@@ -79,10 +79,7 @@ def keras_latency_ms(model, sample: np.ndarray, runs: int):
     """The Keras model as a compiled tf.function, batch 1, timed like the exported files."""
     if not runs:
         return None
-    from pipeline.keras_compat import tf
-
-    fn = tf.function(lambda x: model(x, training=False))
-    return median_latency_ms(lambda x: fn(tf.constant(x)).numpy(), sample, runs)
+    return median_latency_ms(models.compiled_predictor(model), sample, runs)
 
 
 def run(cfg: Config, ctx) -> None:
@@ -94,6 +91,13 @@ def run(cfg: Config, ctx) -> None:
     reference = models.predict_probs(model, x_test)
     keras_top1 = float(np.mean(reference.argmax(1) == y_test))
     log.info("[export] Keras reference: test top-1 %.4f on %d images", keras_top1, len(y_test))
+    chance = float(np.bincount(y_test).max() / len(y_test))
+    # Exported files can agree perfectly with a model that learned nothing: say so.
+    untrained = keras_top1 <= chance + 0.02
+    if untrained:
+        log.warning("[export] the Keras model's test top-1 %.4f is no better than always guessing the largest "
+                    "class (%.4f): training did not learn; check the data, model.weights and the train section",
+                    keras_top1, chance)
 
     staging = ctx.path("export/staging")
     artifacts = ctx.path("artifacts")
@@ -175,7 +179,8 @@ def run(cfg: Config, ctx) -> None:
         "model": {"backbone": cfg.model.backbone, "alpha": cfg.model.alpha, "weights": cfg.model.weights,
                   "image_size": cfg.data.image_size},
         "preprocessing": models.preprocessing_contract(cfg.model, cfg.data.image_size),
-        "reference": {"format": "keras", "accuracy": {"top1": keras_top1}, "latency_ms": reference_latency},
+        "reference": {"format": "keras", "accuracy": {"top1": keras_top1, "majority_class_rate": chance},
+                      "at_chance": untrained, "latency_ms": reference_latency},
         "artifacts": entries,
     }
     results_path = ctx.path("bench/results.json")

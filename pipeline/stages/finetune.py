@@ -96,6 +96,12 @@ def run(cfg: Config, ctx) -> None:
              cfg.model.backbone, cfg.model.alpha, cfg.model.weights, "GPU" if "GPU" in devices else "CPU",
              len(y_train), len(y_val))
 
+    if cfg.model.weights == "none" and (t.freeze_batchnorm or t.fine_tune_at != 1.0):
+        # Seen in practice: a random backbone with frozen BatchNorm emits near-zero
+        # features, so the head cannot learn and the model stays at chance.
+        log.warning("[finetune] model.weights is 'none' but part of the backbone or its BatchNorm stays frozen; "
+                    "training from scratch needs train.fine_tune_at: 1.0, train.freeze_batchnorm: false and "
+                    "train.batchnorm_momentum: 0.9 (as in configs/quickstart.yaml)")
     best = BestWeights()
     started = time.time()
     models.freeze_backbone(model)
