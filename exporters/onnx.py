@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from exporters.registry import ExportContext, Exporter, register
+from exporters.registry import ExportContext, Exporter, Lossy, register
 
 
 def keras_to_onnx(model, path: Path, ctx: ExportContext) -> None:
@@ -38,14 +38,11 @@ class ONNXFP32(Exporter):
 
 
 @register("onnx-int8")
-class ONNXInt8(Exporter):
+class ONNXInt8(Lossy, Exporter):
     suffix = "_int8.onnx"
     runtime = "onnxruntime"
     precision = "int8"
     description = "ONNX static QDQ int8 (onnxruntime), per-channel weights, calibrated on real training images"
-    min_top1_agreement = None
-    max_abs_diff = None
-    max_accuracy_drop_pp = 1.0
     needs_calibration = True
 
     def export(self, model, path: Path, ctx: ExportContext) -> None:

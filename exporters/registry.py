@@ -49,6 +49,14 @@ class Exporter:
         raise NotImplementedError
 
 
+class Lossy:
+    """Mixin for quantized formats: held to a top-1 drop, not to matching Keras image by image."""
+
+    min_top1_agreement = None
+    max_abs_diff = None
+    max_accuracy_drop_pp = 1.0
+
+
 def register(name: str):
     def wrap(cls: type[Exporter]) -> type[Exporter]:
         if name in _REGISTRY:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from exporters.registry import ExportContext, Exporter, register
+from exporters.registry import ExportContext, Exporter, Lossy, register
 
 
 class TFLiteExporter(Exporter):
@@ -35,12 +35,10 @@ class TFLiteFP32(TFLiteExporter):
 
 
 @register("tflite-fp16")
-class TFLiteFP16(TFLiteExporter):
+class TFLiteFP16(Lossy, TFLiteExporter):
     suffix = "_fp16.tflite"
     precision = "fp16"
     description = "TFLite, float16 weights (half the size; GPU delegates run it in fp16)"
-    min_top1_agreement = None
-    max_abs_diff = None
     max_accuracy_drop_pp = 0.5
 
     def configure(self, converter, ctx: ExportContext) -> None:
@@ -51,13 +49,10 @@ class TFLiteFP16(TFLiteExporter):
 
 
 @register("tflite-dynamic")
-class TFLiteDynamic(TFLiteExporter):
+class TFLiteDynamic(Lossy, TFLiteExporter):
     suffix = "_dynamic.tflite"
     precision = "dynamic-int8"
     description = "TFLite dynamic-range: int8 weights, activations quantized on the fly"
-    min_top1_agreement = None
-    max_abs_diff = None
-    max_accuracy_drop_pp = 1.0
 
     def configure(self, converter, ctx: ExportContext) -> None:
         from pipeline.keras_compat import tf
@@ -76,13 +71,10 @@ def representative_dataset(images: np.ndarray):
 
 
 @register("tflite-int8")
-class TFLiteInt8(TFLiteExporter):
+class TFLiteInt8(Lossy, TFLiteExporter):
     suffix = "_int8.tflite"
     precision = "int8"
     description = "TFLite full-integer int8, calibrated on real training images"
-    min_top1_agreement = None
-    max_abs_diff = None
-    max_accuracy_drop_pp = 1.0
     needs_calibration = True
     fully_integer = True
 

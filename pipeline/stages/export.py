@@ -132,7 +132,7 @@ def run(cfg: Config, ctx) -> None:
             "bytes": staged.stat().st_size,
             "gzip_bytes": len(gzip.compress(staged.read_bytes(), compresslevel=9, mtime=0)),
             "sha256": sha256_file(staged),
-            "accuracy": {"top1": check.top1, "delta_pp": round(-check.accuracy_drop_pp, 4)},
+            "accuracy": {"top1": check.top1, "delta_pp": round(-check.accuracy_drop_pp, 4) + 0.0},
             "validation": check.as_dict(),
             "export_seconds": round(export_s, 2),
             **inspect_file(staged, exporter, model),
