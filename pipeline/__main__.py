@@ -35,15 +35,13 @@ def main(argv: list[str] | None = None) -> int:
         from pipeline.config import check_paths, load_config
 
         cfg = load_config(args.config, args.overrides)
-        if args.command == "status":
-            from pipeline import runner
+        from pipeline import runner
 
+        if args.command == "status":
             for stage, reason in runner.status(cfg):
                 print(f"{stage:<10} {'up to date' if reason is None else 'stale: ' + reason}")
             return 0
         check_paths(cfg, args.config)
-        from pipeline import runner
-
         ran = runner.run(cfg, args.config)
         print(f"{cfg.build_root}: ran {', '.join(ran) if ran else 'no stage (everything up to date)'}")
         return 0
