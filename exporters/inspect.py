@@ -13,7 +13,9 @@ import numpy as np
 # TFLite TensorType codes (schema.fbs) of the tensor types we meet.
 _FLOAT_TYPES = {0: "float32", 1: "float16", 10: "float64"}
 _NUMPY = {0: np.float32, 1: np.float16, 2: np.int32, 3: np.uint8, 9: np.int8, 7: np.int16, 4: np.int64}
-_KERNEL_OPS = {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV"}
+# Ops whose kernels count as "prunable weights": the convolutions and dense layers
+# tfmot prunes. Depthwise kernels are excluded, as tfmot's prune registry does.
+_KERNEL_OPS = {"CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV"}
 
 
 def _schema():
@@ -112,7 +114,7 @@ def _producer(graph, tensor_index):
 
 
 def onnx_sparsity(path: Path) -> float:
-    """Zero fraction of Conv/Gemm/MatMul weight initializers (quantized ones compared with their zero point)."""
+    """Zero fraction of Conv (not depthwise)/Gemm/MatMul weight initializers (quantized ones against their zero point)."""
     import onnx
     from onnx import numpy_helper
 
@@ -123,6 +125,8 @@ def onnx_sparsity(path: Path) -> float:
     for node in model.graph.node:
         if node.op_type not in ("Conv", "Gemm", "MatMul") or len(node.input) < 2:
             continue
+        if node.op_type == "Conv" and any(a.name == "group" and a.i > 1 for a in node.attribute):
+            continue  # depthwise: not a prunable weight
         name = node.input[1]
         zp = 0
         if name not in inits and name in producers and producers[name].op_type == "DequantizeLinear":
@@ -142,11 +146,6 @@ def onnx_sparsity(path: Path) -> float:
 
 
 def keras_sparsity(model) -> float:
-    zeros = total = 0
-    for layer in model.layers:
-        for w in getattr(layer, "kernel", None), getattr(layer, "depthwise_kernel", None):
-            if w is not None:
-                values = w.numpy()
-                zeros += int(np.sum(values == 0))
-                total += values.size
-    return round(zeros / total, 6) if total else 0.0
+    from pipeline.compression import overall_sparsity
+
+    return overall_sparsity(model)

@@ -44,6 +44,10 @@ class Exporter:
     needs_calibration: ClassVar[bool] = False
     # True when every op runs in integers (what int8-only NPUs need); checked by reading the file.
     fully_integer: ClassVar[bool] = False
+    # Which trained model it converts: "finetune" (the fp32 model), or one the
+    # optimize stage wrote: "qat" (quantization-aware) or "pruned-qat" (pruned,
+    # then quantization-aware with the sparsity preserved).
+    source: ClassVar[str] = "finetune"
 
     def export(self, model, path: Path, ctx: ExportContext) -> None:  # pragma: no cover - interface
         raise NotImplementedError
@@ -66,6 +70,14 @@ def register(name: str):
         return cls
 
     return wrap
+
+
+SOURCES = ("finetune", "qat", "pruned-qat")
+
+
+def sources(formats) -> set[str]:
+    """The trained models a list of formats needs."""
+    return {_REGISTRY[f].source for f in formats}
 
 
 def names() -> list[str]:

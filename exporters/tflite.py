@@ -91,3 +91,19 @@ class TFLiteInt8(Lossy, TFLiteExporter):
         io_type = {"float": tf.float32, "int8": tf.int8, "uint8": tf.uint8}[ctx.int8_io]
         converter.inference_input_type = io_type
         converter.inference_output_type = io_type
+
+
+@register("tflite-qat-int8")
+class TFLiteQATInt8(TFLiteInt8):
+    suffix = "_qat_int8.tflite"
+    description = "TFLite full-integer int8 of the quantization-aware-trained model"
+    source = "qat"
+
+
+@register("tflite-pruned-int8")
+class TFLitePrunedInt8(TFLiteInt8):
+    suffix = "_pruned_int8.tflite"
+    precision = "int8-sparse"
+    description = "TFLite full-integer int8 of the pruned model after sparsity-preserving QAT (smaller gzip)"
+    source = "pruned-qat"
+    max_accuracy_drop_pp = 2.0

@@ -40,6 +40,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "status":
             for stage, reason in runner.status(cfg):
                 print(f"{stage:<10} {'up to date' if reason is None else 'stale: ' + reason}")
+            for stage, reason in runner.not_needed(cfg):
+                print(f"{stage:<10} not needed: {reason}")
             return 0
         check_paths(cfg, args.config)
         ran = runner.run(cfg, args.config)

@@ -94,6 +94,29 @@ class TrainConfig(_Section):
         return v
 
 
+class PruneConfig(_Section):
+    # Fraction of each conv/dense kernel set to zero by magnitude (tfmot PolynomialDecay schedule).
+    target_sparsity: float = Field(default=0.5, gt=0, lt=1)
+    # Fine-tuning epochs while pruning: sparsity ramps up over the first
+    # `ramp_fraction` of the steps, the rest recovers accuracy at the target.
+    epochs: int = Field(default=2, ge=1)
+    ramp_fraction: float = Field(default=0.6, gt=0, le=1)
+    lr: float = Field(default=1e-4, gt=0)
+
+
+class QATConfig(_Section):
+    # Quantization-aware fine-tuning epochs (fake-quant int8 in the forward pass).
+    epochs: int = Field(default=1, ge=1)
+    lr: float = Field(default=1e-5, gt=0)
+
+
+class OptimizeConfig(_Section):
+    """Pruning and quantization-aware training; the stage runs only when a format in export.formats needs it."""
+
+    prune: PruneConfig = PruneConfig()
+    qat: QATConfig = QATConfig()
+
+
 class ExportConfig(_Section):
     formats: tuple[str, ...] = ("keras", "tflite-fp32", "onnx-fp32")
     onnx_opset: int = Field(default=17, ge=13, le=21)
@@ -147,6 +170,7 @@ class Config(_Section):
     data: DataConfig = DataConfig(source="digits")
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
+    optimize: OptimizeConfig = OptimizeConfig()
     export: ExportConfig = ExportConfig()
 
     @field_validator("name")
@@ -240,7 +264,7 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        raise ConfigError(f"{source} must be a YAML mapping of sections (name, data, model, train, export).")
+        raise ConfigError(f"{source} must be a YAML mapping of sections (name, data, model, train, optimize, export).")
     for text_override in overrides:
         keys, value = parse_override(text_override)
         _apply_override(raw, keys, value, source)

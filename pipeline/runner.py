@@ -50,12 +50,15 @@ def _code_hash(modules: tuple[str, ...]) -> str:
 
 def _expected(stage: Stage, cfg: Config, root: Path) -> dict:
     deps = {}
-    for rel in stage.deps:
+    for rel in stage.dependencies(cfg):
         p = root / rel
         deps[rel] = sha256_file(p) if p.exists() else None
+    params = {section: cfg.section_hash(section) for section in stage.params}
+    if stage.derived_params:
+        params.update(stage.derived_params(cfg))
     return {
         "deps": deps,
-        "params": {section: cfg.section_hash(section) for section in stage.params},
+        "params": params,
         "code": _code_hash(stage.code),
         "inputs": stage.external_inputs(cfg) if stage.external_inputs else None,
     }
@@ -82,7 +85,7 @@ def why_stale(stage: Stage, cfg: Config, root: Path) -> Optional[str]:
             return f"input {rel} changed"
     if stamp.get("params") != expected["params"]:
         old = stamp.get("params") if isinstance(stamp.get("params"), dict) else {}
-        changed = [s for s in stage.params if old.get(s) != expected["params"][s]]
+        changed = [s for s in expected["params"] if old.get(s) != expected["params"][s]]
         return f"config section(s) {', '.join(changed)} changed"
     if stamp.get("code") != expected["code"]:
         return "stage code changed"
@@ -98,7 +101,7 @@ def why_stale(stage: Stage, cfg: Config, root: Path) -> Optional[str]:
 
 
 def status(cfg: Config) -> list[tuple[str, Optional[str]]]:
-    """Each stage with the reason it would run now (None: up to date).
+    """Each stage this config uses, with the reason it would run now (None: up to date).
 
     Deps are named ``<stage>/<file>``, so a stage that reads from a stale stage
     is reported as running after it.
@@ -106,14 +109,22 @@ def status(cfg: Config) -> list[tuple[str, Optional[str]]]:
     root = cfg.build_root
     rows, stale = [], set()
     for stage, _ in all_stages():
+        if stage.not_needed and stage.not_needed(cfg):
+            continue  # listed by not_needed()
         reason = why_stale(stage, cfg, root)
         if reason is None:
-            upstream = [d.split("/")[0] for d in stage.deps if d.split("/")[0] in stale]
+            upstream = [d.split("/")[0] for d in stage.dependencies(cfg) if d.split("/")[0] in stale]
             reason = f"after {upstream[0]} re-runs" if upstream else None
         if reason is not None:
             stale.add(stage.name)
         rows.append((stage.name, reason))
     return rows
+
+
+def not_needed(cfg: Config) -> list[tuple[str, str]]:
+    """Stages this config does not use, each with the reason."""
+    return [(stage.name, stage.not_needed(cfg)) for stage, _ in all_stages()
+            if stage.not_needed and stage.not_needed(cfg)]
 
 
 def run(cfg: Config, config_source: str) -> list[str]:
@@ -122,6 +133,10 @@ def run(cfg: Config, config_source: str) -> list[str]:
     root.mkdir(parents=True, exist_ok=True)
     ran: list[str] = []
     for stage, run_stage in all_stages():
+        skip = stage.not_needed(cfg) if stage.not_needed else None
+        if skip:
+            log.info("[%s] not needed: %s", stage.name, skip)
+            continue
         reason = why_stale(stage, cfg, root)
         if reason is None:
             log.info("[%s] up to date, skipped", stage.name)

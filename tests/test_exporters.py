@@ -89,18 +89,17 @@ def test_sparsity_is_read_from_the_file(fmt, images, tmp_path):
     model = models.build_classifier(ModelConfig(alpha=0.35, weights="none", dropout=0.0), 5, SIZE)
     rng = np.random.default_rng(0)
     for layer in model.layers:
-        for attr in ("kernel", "depthwise_kernel"):
-            w = getattr(layer, attr, None)
-            if w is not None:
-                values = w.numpy()
-                values[rng.random(values.shape) < 0.5] = 0.0
-                w.assign(values)
+        # Conv and dense kernels half zero; depthwise kernels stay dense and are not counted.
+        if isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense)):
+            values = layer.kernel.numpy()
+            values[rng.random(values.shape) < 0.5] = 0.0
+            layer.kernel.assign(values)
     assert inspect.keras_sparsity(model) == pytest.approx(0.5, abs=0.01)
     exporter = exporters.get(fmt)
     path = tmp_path / f"sparse{exporter.suffix}"
     exporter.export(model, path, _context(images))
     measured = inspect.tflite_summary(path)["sparsity"] if exporter.runtime == "litert" else inspect.onnx_sparsity(path)
-    assert measured == pytest.approx(0.5, abs=0.02)
+    assert measured == pytest.approx(0.5, abs=0.015)
 
 
 def test_compare_holds_lossy_formats_to_an_accuracy_drop():

@@ -19,10 +19,20 @@ class Stage:
     code: tuple[str, ...]  # modules whose source is part of the stamp
     # Files it writes are recorded by the stage itself through ctx.record_output(...).
     external_inputs: Optional[Callable] = field(default=None)  # cfg -> fingerprint of data outside build/
+    # cfg -> more deps that depend on the config (e.g. the optimized models export reads).
+    extra_deps: Optional[Callable] = field(default=None)
+    # cfg -> {"key (what it means)": JSON-able value}: settings outside ``params``
+    # that change what the stage makes; hashed into its stamp like a section.
+    derived_params: Optional[Callable] = field(default=None)
+    # cfg -> why the stage has nothing to do for this config (None: it is needed).
+    not_needed: Optional[Callable] = field(default=None)
+
+    def dependencies(self, cfg) -> tuple[str, ...]:
+        return self.deps + (tuple(self.extra_deps(cfg)) if self.extra_deps else ())
 
 
 def all_stages():
     """(Stage, run) pairs in order; imported lazily so `import pipeline` stays cheap."""
-    from pipeline.stages import data, export, finetune
+    from pipeline.stages import data, export, finetune, optimize
 
-    return [(m.STAGE, m.run) for m in (data, finetune, export)]
+    return [(m.STAGE, m.run) for m in (data, finetune, optimize, export)]

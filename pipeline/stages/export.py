@@ -10,6 +10,7 @@ run then fails naming each rejected file.
 from __future__ import annotations
 
 import gzip
+import json
 import logging
 import os
 import platform
@@ -30,7 +31,7 @@ from pipeline.errors import BudgetError
 from pipeline.io import atomic_path, sha256_file, write_json
 from pipeline.stages import Stage
 from pipeline.stages.data import read_labels
-from pipeline.stages.finetune import load_model
+from pipeline.stages import optimize
 
 log = logging.getLogger("pipeline")
 
@@ -38,8 +39,9 @@ STAGE = Stage(
     name="export",
     deps=("finetune/model.keras", "data/train.npz", "data/test.npz", "data/labels.txt"),
     params=("export",),
+    extra_deps=optimize.outputs_for,
     code=(
-        "pipeline.stages.export", "exporters.registry", "exporters.keras_format", "exporters.tflite",
+        "pipeline.stages.export", "pipeline.stages.optimize", "pipeline.compression", "exporters.registry", "exporters.keras_format", "exporters.tflite",
         "exporters.onnx", "exporters.runtimes", "exporters.validate", "exporters.inspect", "pipeline.models",
     ),
 )
@@ -87,7 +89,7 @@ def run(cfg: Config, ctx) -> None:
     class_names = read_labels(root)
     x_test, y_test = data.load_split(ctx.path("data/test.npz"))
     x_test = x_test.astype(np.float32)
-    model = load_model(ctx.path("finetune/model.keras"))
+    model = optimize.load_optimized(root, "finetune")
     reference = models.predict_probs(model, x_test)
     keras_top1 = float(np.mean(reference.argmax(1) == y_test))
     log.info("[export] Keras reference: test top-1 %.4f on %d images", keras_top1, len(y_test))
@@ -112,14 +114,17 @@ def run(cfg: Config, ctx) -> None:
     sample = x_test[:1]
     reference_latency = keras_latency_ms(model, sample, cfg.export.latency_runs)
 
+    trained = {"finetune": model}  # pruned / QAT models are rebuilt on first use
     entries, rejected = [], []
     for fmt in cfg.export.formats:
         exporter = exporters.get(fmt)
+        if exporter.source not in trained:
+            trained[exporter.source] = optimize.load_optimized(root, exporter.source)
         filename = f"{cfg.name}{exporter.suffix}"
         staged = staging / filename
         started = time.time()
         with atomic_path(staged) as tmp:
-            exporter.export(model, tmp, export_ctx)
+            exporter.export(trained[exporter.source], tmp, export_ctx)
         export_s = time.time() - started
         check = validate(staged, exporter, x_test, y_test, reference, threads=cfg.export.threads,
                          max_accuracy_drop_pp=cfg.export.budgets.get(fmt))
@@ -128,6 +133,7 @@ def run(cfg: Config, ctx) -> None:
             "format": fmt,
             "runtime": exporter.runtime,
             "precision": exporter.precision,
+            "source_model": exporter.source,
             "file": filename,
             "bytes": staged.stat().st_size,
             "gzip_bytes": len(gzip.compress(staged.read_bytes(), compresslevel=9, mtime=0)),
@@ -183,6 +189,9 @@ def run(cfg: Config, ctx) -> None:
                       "at_chance": untrained, "latency_ms": reference_latency},
         "artifacts": entries,
     }
+    report = ctx.path("optimize/report.json")
+    if optimize.needed_models(cfg) and report.exists():
+        results["optimize"] = json.loads(report.read_text())
     results_path = ctx.path("bench/results.json")
     write_json(results_path, results)
     if rejected:

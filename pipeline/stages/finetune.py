@@ -22,6 +22,7 @@ from pipeline.io import atomic_path, write_json
 from pipeline.keras_compat import keras, tf
 from pipeline.stages import Stage
 from pipeline.stages.data import read_labels
+from pipeline.training import compile_model
 
 log = logging.getLogger("pipeline")
 
@@ -30,7 +31,7 @@ STAGE = Stage(
     deps=("data/train.npz", "data/val.npz", "data/labels.txt"),
     # data too: augmentation and the shuffle seed live there.
     params=("data", "model", "train"),
-    code=("pipeline.stages.finetune", "pipeline.models", "pipeline.data"),
+    code=("pipeline.stages.finetune", "pipeline.training", "pipeline.models", "pipeline.data"),
 )
 
 
@@ -48,23 +49,6 @@ class BestWeights(keras.callbacks.Callback):
         acc = (logs or {}).get("val_accuracy")
         if acc is not None and acc > self.best:
             self.best, self.best_epoch, self.weights = acc, f"{self.phase} epoch {epoch + 1}", self.model.get_weights()
-
-
-def _compile(model, lr: float, epochs: int, steps_per_epoch: int, t) -> None:
-    if t.lr_schedule == "cosine" and epochs > 0:
-        lr = keras.optimizers.schedules.CosineDecay(lr, decay_steps=max(1, epochs * steps_per_epoch))
-    if t.label_smoothing:
-        # Sparse labels with smoothing: Keras 2's sparse loss has no label_smoothing argument.
-        n = model.output_shape[-1]
-        smoothing = t.label_smoothing
-
-        def loss(y_true, y_pred):
-            y = tf.one_hot(tf.cast(tf.reshape(y_true, [-1]), tf.int32), n)
-            return keras.losses.categorical_crossentropy(y, y_pred, label_smoothing=smoothing)
-    else:
-        loss = "sparse_categorical_crossentropy"
-    model.compile(optimizer=keras.optimizers.Adam(lr), loss=loss,
-                  metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
 
 
 def _fit(model, phase: str, epochs: int, train_ds, val_ds, best: BestWeights, patience: int) -> dict:
@@ -106,13 +90,13 @@ def run(cfg: Config, ctx) -> None:
     started = time.time()
     models.freeze_backbone(model)
     steps = int(np.ceil(len(y_train) / t.batch_size))
-    _compile(model, t.head_lr, t.head_epochs, steps, t)
+    compile_model(model, t.head_lr, t.head_epochs, steps, t)
     head = _fit(model, "head", t.head_epochs, train_ds, val_ds, best, t.patience)
 
     unfrozen = models.set_trainable(model, t.fine_tune_at, t.freeze_batchnorm)
     fine = {}
     if unfrozen and t.fine_tune_epochs:
-        _compile(model, t.fine_tune_lr, t.fine_tune_epochs, steps, t)  # trainable flags take effect on compile
+        compile_model(model, t.fine_tune_lr, t.fine_tune_epochs, steps, t)  # trainable flags take effect on compile
         fine = _fit(model, "fine_tune", t.fine_tune_epochs, train_ds, val_ds, best, t.patience)
     elif t.fine_tune_epochs:
         log.info("[finetune] fine_tune_at unfreezes no layer: phase 2 skipped")

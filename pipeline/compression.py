@@ -1,0 +1,205 @@
+"""Magnitude pruning and quantization-aware training (tfmot) of the flat classifier.
+
+Both wrap the model layer by layer through ``clone_model`` rather than calling
+``prune_low_magnitude``/``quantize_model`` on the whole model: the in-graph
+``preprocess`` layer is our own layer, which tfmot does not know. It is not
+pruned, and for QAT it gets an explicit config that fake-quantizes only its
+output, the normalized image.
+
+tf_keras cannot reload a quantization-aware model from a ``.keras`` file
+(its wrappers save more variables than they declare), so a QAT model is
+stored as weights only and rebuilt here with :func:`load_quantize_aware`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from pipeline.keras_compat import keras
+from pipeline.models import PREPROCESS_LAYER, Preprocess
+
+# Layers whose kernels are pruned: the "prunable weights" that sparsity figures
+# count, here and where exporters.inspect reads them back from exported files.
+# tfmot's prune registry leaves depthwise kernels dense (few weights, each one
+# a whole spatial filter), so they are not pruned and not counted.
+PRUNABLE = (keras.layers.Conv2D, keras.layers.Dense)
+
+
+def _tfmot():
+    import tensorflow_model_optimization as tfmot
+
+    return tfmot
+
+
+def pruning_schedule(target_sparsity: float, total_steps: int, ramp_fraction: float):
+    """PolynomialDecay from 0 to ``target_sparsity`` over the first ``ramp_fraction`` of the steps.
+
+    tfmot only prunes on steps that are a multiple of ``frequency`` up to
+    ``end_step``, so ``end_step`` is put on such a step: the last pruning step
+    then reaches the target exactly, and the remaining steps fine-tune at it.
+    """
+    last = max(0, total_steps - 1)  # UpdatePruningStep counts steps from 0
+    ramp = min(last, max(1, int(total_steps * ramp_fraction)))
+    frequency = max(1, ramp // 10)
+    end_step = max(frequency, (ramp // frequency) * frequency) if last else 0
+    return _tfmot().sparsity.keras.PolynomialDecay(
+        initial_sparsity=0.0, final_sparsity=target_sparsity, begin_step=0, end_step=end_step, frequency=frequency)
+
+
+def apply_pruning(model: keras.Model, schedule) -> keras.Model:
+    """The model with every conv/depthwise/dense kernel wrapped for magnitude pruning."""
+    prune = _tfmot().sparsity.keras.prune_low_magnitude
+
+    def wrap(layer):
+        return prune(layer, pruning_schedule=schedule) if isinstance(layer, PRUNABLE) else layer
+
+    return keras.models.clone_model(model, clone_function=wrap)
+
+
+def pruning_callbacks() -> list:
+    # Advances the pruning step every batch; without it fit() raises.
+    return [_tfmot().sparsity.keras.UpdatePruningStep()]
+
+
+def strip_pruning(model: keras.Model) -> keras.Model:
+    """The same architecture as the fine-tuned model, with the zeros baked into the kernels."""
+    return _tfmot().sparsity.keras.strip_pruning(model)
+
+
+def _kernels(layer):
+    """Kernel variables of a conv/dense layer, also through pruning and quantize wrappers."""
+    inner = getattr(layer, "layer", layer)
+    if not isinstance(inner, PRUNABLE):
+        return
+    for w in layer.weights:
+        if w.name.split("/")[-1].split(":")[0] in ("kernel", "depthwise_kernel"):
+            yield w
+
+
+def layer_sparsity(model: keras.Model) -> dict[str, float]:
+    """Zero fraction of each conv/dense kernel, by layer name."""
+    out = {}
+    for layer in model.layers:
+        for w in _kernels(layer):
+            values = w.numpy()
+            out[getattr(layer, "layer", layer).name] = round(float(np.mean(values == 0)), 6)
+    return out
+
+
+def overall_sparsity(model: keras.Model) -> float:
+    zeros = total = 0
+    for layer in model.layers:
+        for w in _kernels(layer):
+            values = w.numpy()
+            zeros += int(np.sum(values == 0))
+            total += values.size
+    return round(zeros / total, 6) if total else 0.0
+
+
+def _prune_preserve_scheme():
+    """tfmot's Default8BitPrunePreserveQuantizeScheme, minus one bug in its registry.
+
+    Its registry calls every layer without weights "supported", including our
+    ``preprocess`` layer, then fails to find a config for it when that layer's
+    output feeds a quantized layer. Asking the default 8-bit registry as well
+    leaves ``preprocess`` un-quantized, exactly as the default scheme does.
+    """
+    tfmot = _tfmot()
+    # Private modules: the public API exposes the scheme but not its registry.
+    from tensorflow_model_optimization.python.core.quantization.keras.collab_opts.prune_preserve import (
+        prune_preserve_quantize_registry as prune_preserve)
+    from tensorflow_model_optimization.python.core.quantization.keras.default_8bit import (
+        default_8bit_quantize_registry as default_8bit)
+
+    class Registry(prune_preserve.Default8bitPrunePreserveQuantizeRegistry):
+        def supports(self, layer):
+            return super().supports(layer) and default_8bit.Default8BitQuantizeRegistry().supports(layer)
+
+    class Scheme(tfmot.experimental.combine.Default8BitPrunePreserveQuantizeScheme):
+        def get_quantize_registry(self):
+            return Registry()
+
+    return Scheme()
+
+
+def quantize_aware(model: keras.Model, preserve_sparsity: bool = False) -> keras.Model:
+    """Insert int8 fake-quantization in every layer but the preprocessing.
+
+    ``preserve_sparsity`` uses tfmot's collaborative-optimization scheme
+    (Default8BitPrunePreserveQuantizeScheme): zeros of a pruned model stay
+    zero through QAT, so the quantized file keeps the pruned sparsity.
+    """
+    tfmot = _tfmot()
+    q = tfmot.quantization.keras
+
+    def annotate(layer):
+        return layer if layer.name == PREPROCESS_LAYER else q.quantize_annotate_layer(layer)
+
+    annotated = keras.models.clone_model(model, clone_function=annotate)
+    with q.quantize_scope({"Preprocess": Preprocess}):
+        if preserve_sparsity:
+            return q.quantize_apply(annotated, _prune_preserve_scheme())
+        return q.quantize_apply(annotated)
+
+
+# Activation ranges that tfmot's MovingAverageQuantizer keeps as an exponential
+# moving average (decay 0.999) of each batch's min/max, starting from [-6, 6].
+_EMA_RANGE_NAMES = ("output", "pre_activation", "post_activation")
+_EMA_DECAY = 0.999
+
+
+def _ema_range_variables(model: keras.Model) -> list:
+    out = []
+    for v in model.non_trainable_variables:
+        base = v.name.split("/")[-1].split(":")[0]
+        stem, _, end = base.rpartition("_")
+        if end in ("min", "max") and stem in _EMA_RANGE_NAMES:
+            out.append(v)
+    return out
+
+
+def initialize_ranges(model: keras.Model, images: np.ndarray, rounds: int = 3) -> int:
+    """Start QAT from the activation ranges of real images instead of tfmot's [-6, 6].
+
+    With decay 0.999 the moving averages need thousands of steps to forget
+    their start; a fine-tuning run of a few hundred steps would otherwise
+    quantize a [-1, 1] activation with a [-6, 6] grid, or clip a residual sum
+    that exceeds 6. One training-mode forward pass moves each average by
+    (1 - decay) toward the batch's range, so that range is solved for from
+    the before and after values; a few rounds let later layers see the
+    calibrated ranges of earlier ones. Everything else the pass touches
+    (BatchNorm statistics, step counters) is put back. Returns how many range
+    variables were set.
+    """
+    ranges = _ema_range_variables(model)
+    ids = {id(v) for v in ranges}
+    others = [v for v in model.non_trainable_variables if id(v) not in ids]
+    kept = [v.numpy() for v in others]
+    batch = np.asarray(images, dtype=np.float32)
+    for _ in range(rounds):
+        before = [v.numpy() for v in ranges]
+        model(batch, training=True)
+        for v, start in zip(ranges, before):
+            v.assign((v.numpy() - _EMA_DECAY * start) / (1.0 - _EMA_DECAY))
+    for v, value in zip(others, kept):
+        v.assign(value)
+    return len(ranges)
+
+
+def freeze_batchnorm(model: keras.Model) -> None:
+    """Keep BatchNorm (also inside quantize wrappers) in inference mode, as fine-tuning did."""
+    for layer in model.layers:
+        if isinstance(getattr(layer, "layer", layer), keras.layers.BatchNormalization):
+            layer.trainable = False
+
+
+def save_weights(model: keras.Model, path) -> None:
+    # Legacy HDF5 weights, matched by layer name: the format tfmot's wrappers reload.
+    model.save_weights(str(path), save_format="h5")
+
+
+def load_quantize_aware(base: keras.Model, weights_path, preserve_sparsity: bool = False) -> keras.Model:
+    """Rebuild a QAT model on ``base`` (the model QAT started from) and load its trained weights."""
+    model = quantize_aware(base, preserve_sparsity=preserve_sparsity)
+    model.load_weights(str(weights_path))
+    return model

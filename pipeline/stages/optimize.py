@@ -1,0 +1,166 @@
+"""optimize stage: magnitude pruning and quantization-aware training of the fine-tuned model.
+
+It makes only what ``export.formats`` asks for:
+
+- ``qat``: quantization-aware fine-tuning of the fine-tuned model
+  (``optimize.qat``), for ``tflite-qat-int8``;
+- ``pruned-qat``: magnitude pruning to ``optimize.prune.target_sparsity``
+  while fine-tuning (PolynomialDecay), wrappers stripped, then
+  sparsity-preserving QAT, for ``tflite-pruned-int8``.
+
+Every model starts from ``finetune/model.keras`` and trains on the same
+training split and augmentation. Per-layer sparsity, validation accuracy and
+timings go to ``optimize/report.json``; the export stage copies them into
+``bench/results.json``.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+
+import numpy as np
+
+from exporters import registry
+from pipeline import compression, data
+from pipeline.config import Config
+from pipeline.io import atomic_path, write_json
+from pipeline.keras_compat import keras
+from pipeline.stages import Stage
+from pipeline.stages.data import read_labels
+from pipeline.stages.finetune import load_model
+from pipeline.training import compile_model
+
+log = logging.getLogger("pipeline")
+
+# What each optimized model leaves in build/<name>/optimize/.
+OUTPUTS = {
+    "qat": ("optimize/qat_weights.h5",),
+    "pruned-qat": ("optimize/pruned.keras", "optimize/pruned_qat_weights.h5"),
+}
+
+
+def needed_models(cfg: Config) -> list[str]:
+    return sorted(registry.sources(cfg.export.formats) - {"finetune"})
+
+
+def outputs_for(cfg: Config) -> tuple[str, ...]:
+    return tuple(rel for model in needed_models(cfg) for rel in OUTPUTS[model])
+
+
+STAGE = Stage(
+    name="optimize",
+    deps=("finetune/model.keras", "data/train.npz", "data/val.npz", "data/labels.txt"),
+    params=("data", "model", "train", "optimize"),
+    code=("pipeline.stages.optimize", "pipeline.compression", "pipeline.stages.finetune", "pipeline.training", "pipeline.models",
+          "pipeline.data"),
+    derived_params=lambda cfg: {"export.formats (models to optimize)": needed_models(cfg)},
+    not_needed=lambda cfg: None if needed_models(cfg) else "no format in export.formats reads a pruned or QAT model",
+)
+
+
+def _fit(model, phase: str, epochs: int, train_ds, val_ds, callbacks=()) -> list[float]:
+    verbose = 1 if sys.stdout.isatty() else 2
+    log.info("[optimize] %s: %d epoch(s)", phase, epochs)
+    history = model.fit(train_ds, validation_data=val_ds, epochs=epochs, callbacks=list(callbacks), verbose=verbose)
+    return [round(float(v), 6) for v in history.history.get("val_accuracy", [])]
+
+
+def _prepare(model, cfg: Config) -> None:
+    for layer in model.layers:
+        layer.trainable = True
+    if cfg.train.freeze_batchnorm:
+        compression.freeze_batchnorm(model)
+
+
+def _start_qat(model, cfg: Config, range_batch: np.ndarray) -> None:
+    if cfg.train.freeze_batchnorm:
+        compression.freeze_batchnorm(model)
+    count = compression.initialize_ranges(model, range_batch)
+    log.info("[optimize] %d activation ranges start from %d training images", count // 2, len(range_batch))
+
+
+def run(cfg: Config, ctx) -> None:
+    keras.utils.set_random_seed(cfg.data.seed)
+    read_labels(ctx.root)
+    x_train, y_train = data.load_split(ctx.path("data/train.npz"))
+    x_val, y_val = data.load_split(ctx.path("data/val.npz"))
+    t, o = cfg.train, cfg.optimize
+    train_ds = data.make_dataset(x_train, y_train, t.batch_size, training=True, augment=cfg.data.augment,
+                                 seed=cfg.data.seed)
+    val_ds = data.make_dataset(x_val, y_val, t.batch_size, training=False)
+    steps = int(np.ceil(len(y_train) / t.batch_size))
+    report: dict = {"models": needed_models(cfg)}
+    # One training batch (seeded) that QAT's activation ranges start from.
+    range_batch = x_train[np.random.default_rng(cfg.data.seed).permutation(len(x_train))[:t.batch_size]]
+    started = time.time()
+
+    if "pruned-qat" in report["models"]:
+        phase_start = time.time()
+        base = load_model(ctx.path("finetune/model.keras"))
+        _prepare(base, cfg)
+        schedule = compression.pruning_schedule(o.prune.target_sparsity, steps * o.prune.epochs, o.prune.ramp_fraction)
+        pruning = compression.apply_pruning(base, schedule)
+        compile_model(pruning, o.prune.lr, o.prune.epochs, steps, t)
+        prune_val = _fit(pruning, f"pruning to {o.prune.target_sparsity:.0%} sparsity", o.prune.epochs, train_ds, val_ds,
+                         compression.pruning_callbacks())
+        pruned = compression.strip_pruning(pruning)
+        sparsity = compression.overall_sparsity(pruned)
+        log.info("[optimize] pruned: %.2f%% of prunable weights are zero (target %.0f%%)", 100 * sparsity,
+                 100 * o.prune.target_sparsity)
+        out = ctx.path("optimize/pruned.keras")
+        with atomic_path(out) as tmp:
+            pruned.save(tmp)
+        ctx.record_output(out)
+
+        _prepare(pruned, cfg)
+        pqat = compression.quantize_aware(pruned, preserve_sparsity=True)
+        _start_qat(pqat, cfg, range_batch)
+        compile_model(pqat, o.qat.lr, o.qat.epochs, steps, t)
+        pqat_val = _fit(pqat, "sparsity-preserving quantization-aware training", o.qat.epochs, train_ds, val_ds)
+        out = ctx.path("optimize/pruned_qat_weights.h5")
+        with atomic_path(out) as tmp:
+            compression.save_weights(pqat, tmp)
+        ctx.record_output(out)
+        report["pruning"] = {
+            "target_sparsity": o.prune.target_sparsity, "epochs": o.prune.epochs,
+            "schedule": {"end_step": int(schedule.end_step), "frequency": int(schedule.frequency),
+                         "total_steps": steps * o.prune.epochs},
+            "sparsity": sparsity, "sparsity_after_qat": compression.overall_sparsity(pqat),
+            "layer_sparsity": compression.layer_sparsity(pruned),
+            "val_accuracy": prune_val, "qat_val_accuracy": pqat_val,
+            "seconds": round(time.time() - phase_start, 1),
+        }
+
+    if "qat" in report["models"]:
+        phase_start = time.time()
+        base = load_model(ctx.path("finetune/model.keras"))
+        _prepare(base, cfg)
+        qat = compression.quantize_aware(base)
+        _start_qat(qat, cfg, range_batch)
+        compile_model(qat, o.qat.lr, o.qat.epochs, steps, t)
+        qat_val = _fit(qat, "quantization-aware training", o.qat.epochs, train_ds, val_ds)
+        out = ctx.path("optimize/qat_weights.h5")
+        with atomic_path(out) as tmp:
+            compression.save_weights(qat, tmp)
+        ctx.record_output(out)
+        report["qat"] = {"epochs": o.qat.epochs, "val_accuracy": qat_val, "seconds": round(time.time() - phase_start, 1)}
+
+    report["seconds"] = round(time.time() - started, 1)
+    path = ctx.path("optimize/report.json")
+    write_json(path, report)
+    ctx.record_output(path)
+
+
+def load_optimized(ctx_root, source: str):
+    """The trained model an exporter with ``source`` converts (see OUTPUTS)."""
+    if source == "finetune":
+        return load_model(ctx_root / "finetune/model.keras")
+    if source == "qat":
+        return compression.load_quantize_aware(load_model(ctx_root / "finetune/model.keras"),
+                                               ctx_root / "optimize/qat_weights.h5")
+    if source == "pruned-qat":
+        return compression.load_quantize_aware(load_model(ctx_root / "optimize/pruned.keras"),
+                                               ctx_root / "optimize/pruned_qat_weights.h5", preserve_sparsity=True)
+    raise ValueError(f"unknown model source {source!r}")

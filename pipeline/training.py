@@ -1,0 +1,22 @@
+"""What every training phase shares (fine-tuning, pruning, QAT): optimizer, schedule, loss, metric."""
+
+from __future__ import annotations
+
+from pipeline.keras_compat import keras, tf
+
+
+def compile_model(model, lr: float, epochs: int, steps_per_epoch: int, t) -> None:
+    if t.lr_schedule == "cosine" and epochs > 0:
+        lr = keras.optimizers.schedules.CosineDecay(lr, decay_steps=max(1, epochs * steps_per_epoch))
+    if t.label_smoothing:
+        # Sparse labels with smoothing: Keras 2's sparse loss has no label_smoothing argument.
+        n = model.output_shape[-1]
+        smoothing = t.label_smoothing
+
+        def loss(y_true, y_pred):
+            y = tf.one_hot(tf.cast(tf.reshape(y_true, [-1]), tf.int32), n)
+            return keras.losses.categorical_crossentropy(y, y_pred, label_smoothing=smoothing)
+    else:
+        loss = "sparse_categorical_crossentropy"
+    model.compile(optimizer=keras.optimizers.Adam(lr), loss=loss,
+                  metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")])

@@ -1,0 +1,143 @@
+"""Pruning and quantization-aware training: what tfmot leaves in the model, and the optimize stage in the pipeline."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from exporters import inspect
+from pipeline import compression, models, runner
+from pipeline.config import ModelConfig, load_config
+from pipeline.keras_compat import keras
+from tests.conftest import write_config
+
+SIZE = 32
+
+
+@pytest.fixture()
+def model():
+    keras.utils.set_random_seed(5)
+    return models.build_classifier(ModelConfig(alpha=0.35, weights="none", dropout=0.0), 4, SIZE)
+
+
+def _data(n=64):
+    rng = np.random.default_rng(1)
+    return rng.uniform(0, 255, (n, SIZE, SIZE, 3)).astype(np.float32), np.arange(n) % 4
+
+
+def _kernel_sparsity(model, layer_type):
+    values = [np.mean(layer.kernel.numpy() == 0) if layer_type is not keras.layers.DepthwiseConv2D
+              else np.mean(layer.depthwise_kernel.numpy() == 0)
+              for layer in model.layers if type(layer) is layer_type]
+    return values
+
+
+@pytest.mark.parametrize("total_steps, ramp", [(2, 0.6), (12, 0.6), (95, 0.6), (300, 1.0), (1000, 0.3)])
+def test_pruning_schedule_ends_on_a_pruning_step_inside_the_run(total_steps, ramp):
+    schedule = compression.pruning_schedule(0.5, total_steps, ramp)
+    assert 1 <= schedule.end_step <= total_steps - 1
+    assert schedule.end_step % schedule.frequency == 0  # tfmot prunes only on these steps
+    assert schedule.final_sparsity == 0.5
+
+
+def _pruned(model, target=0.5, epochs=2):
+    x, y = _data()
+    steps = len(x) // 16 * epochs
+    pruning = compression.apply_pruning(model, compression.pruning_schedule(target, steps, 0.6))
+    pruning.compile("adam", "sparse_categorical_crossentropy")
+    pruning.fit(x, y, batch_size=16, epochs=epochs, verbose=0, callbacks=compression.pruning_callbacks())
+    return compression.strip_pruning(pruning)
+
+
+def test_pruning_zeroes_conv_and_dense_kernels_and_strips_the_wrappers(model):
+    pruned = _pruned(model)
+    assert [type(layer) for layer in pruned.layers] == [type(layer) for layer in model.layers]
+    for layer_type in (keras.layers.Conv2D, keras.layers.Dense):
+        assert all(s == pytest.approx(0.5, abs=0.01) for s in _kernel_sparsity(pruned, layer_type)), layer_type
+    # tfmot leaves depthwise kernels dense; they are not counted as prunable.
+    assert all(s == 0 for s in _kernel_sparsity(pruned, keras.layers.DepthwiseConv2D))
+    per_layer = compression.layer_sparsity(pruned)
+    assert "Conv1" in per_layer and "head_predictions" in per_layer and "expanded_conv_depthwise" not in per_layer
+    assert compression.overall_sparsity(pruned) == pytest.approx(0.5, abs=0.005)
+
+
+@pytest.mark.parametrize("preserve", [True, False])
+def test_only_sparsity_preserving_qat_keeps_the_zeros(model, preserve):
+    pruned = _pruned(model)
+    qat = compression.quantize_aware(pruned, preserve_sparsity=preserve)
+    # The custom preprocessing layer stays as it is; everything after it is wrapped.
+    assert type(qat.get_layer(models.PREPROCESS_LAYER)) is models.Preprocess
+    assert qat.get_layer("quant_Conv1") is not None
+    x, y = _data()
+    qat.compile(keras.optimizers.Adam(1e-2), "sparse_categorical_crossentropy")
+    qat.fit(x, y, batch_size=16, epochs=1, verbose=0)
+    after = compression.overall_sparsity(qat)
+    if preserve:
+        assert after == pytest.approx(0.5, abs=0.005)
+    else:
+        assert after < 0.1  # plain QAT trains the zeros away
+
+
+def test_qat_activation_ranges_start_from_the_data(model):
+    x, _ = _data(16)
+    qat = compression.quantize_aware(model)
+    relu = qat.get_layer("quant_Conv1_relu")
+    untouched = {v.name: float(v.numpy()) for v in relu.weights if "output_m" in v.name}
+    assert sorted(untouched.values()) == [-6.0, 6.0]  # tfmot's starting range
+    bn_mean = qat.get_layer("quant_bn_Conv1").weights[2].numpy().copy()
+    assert compression.initialize_ranges(qat, x) > 0
+    low, high = (float(v.numpy()) for v in sorted((v for v in relu.weights if "output_m" in v.name),
+                                                  key=lambda v: "max" in v.name))
+    # ReLU6 after Conv1: the range is [0, the batch's largest activation], measured on the float model.
+    probe = keras.Model(model.input, model.get_layer("Conv1_relu").output)
+    expected = float(np.max(probe(x, training=True)))
+    assert low == pytest.approx(0.0, abs=1e-2) and high == pytest.approx(expected, rel=0.05)
+    # The calibration pass leaves BatchNorm statistics alone.
+    np.testing.assert_array_equal(qat.get_layer("quant_bn_Conv1").weights[2].numpy(), bn_mean)
+
+
+def test_optimize_stage_prunes_and_quantizes_into_validated_files(tmp_path):
+    path = write_config(
+        tmp_path / "tiny.yaml",
+        data={"source": "digits", "image_size": 32, "limit_per_class": 30, "seed": 7, "augment": []},
+        train={"batch_size": 16, "head_epochs": 1, "head_lr": 0.01, "fine_tune_epochs": 6, "fine_tune_lr": 0.005,
+               "fine_tune_at": 1.0, "freeze_batchnorm": False, "batchnorm_momentum": 0.9, "lr_schedule": "constant"},
+        optimize={"prune": {"target_sparsity": 0.5, "epochs": 2, "lr": 0.001}, "qat": {"epochs": 1, "lr": 0.0001}},
+        # A 45-image test split moves 2.2 points per image: budgets here check the plumbing, flowers checks quality.
+        export={"formats": ["keras", "tflite-int8", "tflite-qat-int8", "tflite-pruned-int8"], "latency_runs": 0,
+                "calibration_samples": 20, "budgets": {"tflite-int8": 15, "tflite-qat-int8": 15,
+                                                       "tflite-pruned-int8": 25}},
+    )
+    cfg = load_config(path)
+    assert runner.run(cfg, str(path)) == ["data", "finetune", "optimize", "export"]
+    results = json.loads((cfg.build_root / "bench/results.json").read_text())
+    assert results["reference"]["at_chance"] is False
+    by_format = {a["format"]: a for a in results["artifacts"]}
+    for fmt in ("tflite-int8", "tflite-qat-int8", "tflite-pruned-int8"):
+        entry = by_format[fmt]
+        assert entry["status"] == "passed" and entry["fully_integer"], (fmt, entry.get("error"))
+        assert (cfg.build_root / "artifacts" / entry["file"]).is_file()
+    assert by_format["tflite-qat-int8"]["source_model"] == "qat"
+    pruned, dense = by_format["tflite-pruned-int8"], by_format["tflite-int8"]
+    # Sparsity read back from the exported bytes, not from the config.
+    assert pruned["sparsity"] >= 0.49 and dense["sparsity"] < 0.05
+    assert pruned["sparsity"] == inspect.tflite_summary(cfg.build_root / "artifacts" / pruned["file"])["sparsity"]
+    assert pruned["gzip_bytes"] < dense["gzip_bytes"]
+    report = results["optimize"]
+    assert report["models"] == ["pruned-qat", "qat"]
+    assert report["pruning"]["sparsity"] == pytest.approx(0.5, abs=0.005)
+    assert report["pruning"]["sparsity_after_qat"] == pytest.approx(0.5, abs=0.005)
+    assert report["pruning"]["layer_sparsity"]["Conv1"] == pytest.approx(0.5, abs=0.02)
+
+    assert runner.run(cfg, str(path)) == []
+    # An optimize key re-runs optimize and export, not the fine-tuning.
+    longer = load_config(path, ["optimize.qat.epochs=2"])
+    assert dict(runner.status(longer)) == {"data": None, "finetune": None,
+                                           "optimize": "config section(s) optimize changed",
+                                           "export": "after optimize re-runs"}
+    # Without an optimized format the stage is not needed and export no longer depends on it.
+    plain = load_config(path, ["export.formats=[keras, tflite-int8]"])
+    assert [name for name, _ in runner.not_needed(plain)] == ["optimize"]
+    assert runner.run(plain, str(path)) == ["export"]
