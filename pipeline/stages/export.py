@@ -108,7 +108,8 @@ def run(cfg: Config, ctx) -> None:
     x_train, _ = data.load_split(ctx.path("data/train.npz"))
     calibration = calibration_images(x_train, cfg.export.calibration_samples, cfg.data.seed)
     export_ctx = exporters.ExportContext(image_size=cfg.data.image_size, onnx_opset=cfg.export.onnx_opset,
-                                         calibration_images=calibration, int8_io=cfg.export.int8_io)
+                                         calibration_images=calibration, int8_input=cfg.export.int8_input,
+                                         int8_output=cfg.export.int8_output)
     sample = x_test[:1]
     reference_latency = keras_latency_ms(model, sample, cfg.export.latency_runs)
 
