@@ -77,61 +77,6 @@ RAW_PIXEL_METADATA = "pipeline.raw_pixel_input"
 _INTEGER_TYPES = {"uint8": (np.uint8, 0), "int8": (np.int8, -128)}  # numpy type, pixel offset
 
 
-def foldable_normalization(model) -> tuple[float, float] | None:
-    """(mean, std) of the model's ``preprocess`` layer when it can become the input's quantization.
-
-    A uint8 input q means ``scale * (q - zero_point)``; raw pixels then arrive
-    normalized when scale = 1/std and zero_point = mean, which needs one mean and
-    one std for all three channels and no channel reversal (MobileNetV2: 127.5, 127.5).
-    ResNet50's caffe preprocessing (BGR, per-channel means) stays in the graph.
-    """
-    found = _preprocess_output(model)
-    if found is None:
-        return None
-    layer, _ = found
-    mean, std = getattr(layer, "mean", None), getattr(layer, "std", None)
-    if mean is None or std is None or getattr(layer, "channel_order", None) != "RGB":
-        return None
-    if len(set(mean)) != 1 or len(set(std)) != 1 or not 0 <= mean[0] <= 255 or std[0] <= 0:
-        return None
-    return float(mean[0]), float(std[0])
-
-
-def _preprocess_output(model):
-    """(layer, output tensor) of ``model``'s ``preprocess`` layer applied to its single input, or None.
-
-    Found by name, so a tfmot QAT model that left the layer un-annotated works too;
-    tfmot reuses such a layer object, which then has one call per model: take
-    the call on this model's input.
-    """
-    from pipeline.models import PREPROCESS_LAYER
-
-    if len(model.inputs) != 1:
-        return None
-    try:
-        layer = model.get_layer(PREPROCESS_LAYER)
-    except ValueError:
-        return None
-    for i in range(len(layer.inbound_nodes)):
-        if layer.get_input_at(i) is model.inputs[0]:
-            return layer, layer.get_output_at(i)
-    return None
-
-
-def without_preprocess(model):
-    """The model from the ``preprocess`` layer's output on (it takes normalized images), or None
-    when another path from the input bypasses the layer."""
-    from pipeline.keras_compat import keras
-
-    found = _preprocess_output(model)
-    if found is None:
-        return None
-    try:
-        return keras.Model(found[1], model.outputs, name=f"{model.name}_core")
-    except ValueError:  # the raw input is used past the preprocess layer too: "cannot be reached"
-        return None
-
-
 def convert_full_integer(model, ctx: ExportContext, configure) -> bytes:
     """A full-integer TFLite flatbuffer of ``model`` with ``ctx.int8_input`` in, ``ctx.int8_output`` out.
 
@@ -140,7 +85,7 @@ def convert_full_integer(model, ctx: ExportContext, configure) -> bytes:
     With integer input the stored integer is the camera byte (uint8) or the byte
     minus 128 (int8), and the file says so in its metadata:
 
-    - normalization foldable (see ``foldable_normalization``): the converter sees the
+    - normalization foldable (see ``exporters.folding``): the converter sees the
       model without its ``preprocess`` layer, calibrated on normalized images, and the
       input's quantization becomes scale 1/std, zero point round(mean): no int8
       SUB/MUL runs on the full-resolution image (Google's int8 MobileNetV2 does the same);
@@ -149,23 +94,14 @@ def convert_full_integer(model, ctx: ExportContext, configure) -> bytes:
     """
     from dataclasses import replace
 
+    from exporters.folding import fold_normalization
     from pipeline.keras_compat import tf
-    from pipeline.models import PREPROCESS_LAYER
 
     input_name = model.inputs[0].name.split(":")[0] if len(model.inputs) == 1 else None
-    fold = foldable_normalization(model) if ctx.int8_input in _INTEGER_TYPES else None
-    core = without_preprocess(model) if fold is not None else None
-    if core is None:
-        fold = None
-    else:
-        preprocess = model.get_layer(PREPROCESS_LAYER)
-        model = core
-        if ctx.calibration_images is not None:
-            normalized = np.concatenate([
-                preprocess(tf.constant(ctx.calibration_images[i:i + 64], tf.float32)).numpy()
-                for i in range(0, len(ctx.calibration_images), 64)
-            ]) if len(ctx.calibration_images) else ctx.calibration_images
-            ctx = replace(ctx, calibration_images=normalized)
+    fold = fold_normalization(model) if ctx.int8_input in _INTEGER_TYPES else None
+    if fold is not None:
+        model = fold.model
+        ctx = replace(ctx, calibration_images=fold.normalize(ctx.calibration_images))
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
     configure(converter, ctx)
     flatbuffer = converter.convert()
@@ -173,8 +109,7 @@ def convert_full_integer(model, ctx: ExportContext, configure) -> bytes:
         return flatbuffer
     offset = _INTEGER_TYPES[ctx.int8_input][1]
     if fold is not None:
-        mean, std = fold
-        scale, zero_point = 1.0 / std, int(np.floor(mean + 0.5)) + offset
+        scale, zero_point = 1.0 / fold.std, int(np.floor(fold.mean + 0.5)) + offset
     else:
         scale, zero_point = 1.0, offset
     return set_raw_pixel_input(flatbuffer, scale, zero_point, offset, input_name=input_name)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import exporters
-from exporters import inspect, registry, tflite
+from exporters import folding, inspect, registry, tflite
 from exporters.validate import compare, validate
 from pipeline import models
 from pipeline.config import ModelConfig
@@ -114,9 +114,9 @@ def _bgr_caffe_model():
 
 def test_bgr_per_channel_normalization_is_not_folded_and_uint8_input_is_still_the_camera_byte(images, tmp_path):
     resnet = models.build_classifier(ModelConfig(backbone="resnet50", weights="none"), 2, SIZE)
-    assert tflite.foldable_normalization(resnet) is None
+    assert folding.fold_normalization(resnet) is None
     model = _bgr_caffe_model()
-    assert tflite.foldable_normalization(model) is None
+    assert folding.fold_normalization(model) is None
     exporter = exporters.get("tflite-int8")
     path = tmp_path / f"bgr{exporter.suffix}"
     exporter.export(model, path, _context(images, int8_input="uint8"))
@@ -140,7 +140,8 @@ def test_normalization_of_a_tfmot_qat_model_folds_too(peaked_model, images, tmp_
     annotated = keras.models.clone_model(peaked_model, clone_function=annotate)
     with tfmot.quantization.keras.quantize_scope({"Preprocess": models.Preprocess}):
         qat = tfmot.quantization.keras.quantize_apply(annotated)
-    assert tflite.foldable_normalization(qat) == (127.5, 127.5)
+    fold = folding.fold_normalization(qat)
+    assert (fold.mean, fold.std) == (127.5, 127.5)
     path = tmp_path / "qat_int8.tflite"
     exporter = exporters.get("tflite-int8")
     path.write_bytes(tflite.convert_full_integer(qat, _context(images), exporter.configure))
@@ -148,6 +149,38 @@ def test_normalization_of_a_tfmot_qat_model_folds_too(peaked_model, images, tmp_
     reference = models.predict_probs(qat, images)
     check = validate(path, exporter, images, reference.argmax(1), reference)
     assert check.top1_agreement >= 0.95 and inspect.tflite_summary(path)["fully_integer"]
+
+
+def _onnx_ops_before_first_conv(path) -> list[str]:
+    import onnx
+
+    graph = onnx.load(str(path)).graph
+    constants = {i.name for i in graph.initializer}
+    ops = []
+    for node in graph.node:
+        if node.op_type == "Conv":
+            return ops
+        if not (node.op_type == "DequantizeLinear" and node.input[0] in constants):  # weights
+            ops.append(node.op_type)
+    return ops
+
+
+def test_onnx_int8_quantizes_raw_pixels_where_the_normalization_folds(peaked_model, images, tmp_path):
+    exporter = exporters.get("onnx-int8")
+    path = tmp_path / f"folded{exporter.suffix}"
+    exporter.export(peaked_model, path, _context(images))
+    # The float input is still raw RGB pixels, but no Sub/Mul runs on it: the QuantizeLinear takes them.
+    assert _onnx_ops_before_first_conv(path) == ["Transpose", "QuantizeLinear", "DequantizeLinear"]
+    reference = models.predict_probs(peaked_model, images)
+    check = validate(path, exporter, images, reference.argmax(1), reference)
+    assert check.passed and check.top1_agreement >= 0.95, check.failures
+
+    bgr = _bgr_caffe_model()
+    path = tmp_path / f"bgr{exporter.suffix}"
+    exporter.export(bgr, path, _context(images))
+    assert {"Sub", "Mul"} <= set(_onnx_ops_before_first_conv(path))
+    reference = models.predict_probs(bgr, images)
+    assert validate(path, exporter, images, reference.argmax(1), reference).top1_agreement >= 0.9
 
 
 @pytest.mark.parametrize("fmt", ["tflite-fp32", "tflite-fp16", "tflite-int8", "onnx-fp32", "onnx-int8"])

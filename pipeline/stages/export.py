@@ -40,7 +40,7 @@ STAGE = Stage(
     params=("export",),
     code=(
         "pipeline.stages.export", "exporters.registry", "exporters.keras_format", "exporters.tflite",
-        "exporters.onnx", "exporters.runtimes", "exporters.validate", "exporters.inspect", "pipeline.models",
+        "exporters.onnx", "exporters.folding", "exporters.runtimes", "exporters.validate", "exporters.inspect", "pipeline.models",
     ),
 )
 
