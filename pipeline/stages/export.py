@@ -69,7 +69,7 @@ def inspect_file(path: Path, exporter, model) -> dict:
     if exporter.runtime == "litert":
         summary = inspect.tflite_summary(path)
         return {"sparsity": summary["sparsity"], "fully_integer": summary["fully_integer"],
-                "float_ops": summary["float_ops"]}
+                "float_ops": summary["float_ops"], "input": summary["input"]}
     if exporter.runtime == "onnxruntime":
         return {"sparsity": inspect.onnx_sparsity(path)}
     return {"sparsity": inspect.keras_sparsity(model)}
