@@ -96,7 +96,8 @@ def test_int8_tflite_takes_raw_pixels_whatever_its_io_types(input_type, output_t
     details = interpreter.get_input_details()[0]
     assert details["dtype"] == np.dtype(input_type if input_type != "float" else "float32")
     assert interpreter.get_signature_list()["serving_default"]["inputs"] == [models.INPUT_NAME]
-    assert interpreter.get_output_details()[0]["dtype"] == np.dtype(output_type if output_type != "float" else "float32")
+    out_dtype = np.dtype(output_type if output_type != "float" else "float32")
+    assert interpreter.get_output_details()[0]["dtype"] == out_dtype
     if input_type == "float":  # the raw-pixel float32 contract: the normalization runs in the graph
         assert "SUB" in _ops_before_first_conv(path) and tflite.raw_pixel_offset(path) is None
     else:  # MobileNetV2's (x - 127.5) / 127.5 is the input's quantization: the stored integer is the camera byte
@@ -146,7 +147,9 @@ def test_normalization_of_a_tfmot_qat_model_folds_too(peaked_model, images, tmp_
     import tensorflow_model_optimization as tfmot
 
     def annotate(layer):
-        return layer if layer.name == models.PREPROCESS_LAYER else tfmot.quantization.keras.quantize_annotate_layer(layer)
+        if layer.name == models.PREPROCESS_LAYER:
+            return layer
+        return tfmot.quantization.keras.quantize_annotate_layer(layer)
 
     annotated = keras.models.clone_model(peaked_model, clone_function=annotate)
     with tfmot.quantization.keras.quantize_scope({"Preprocess": models.Preprocess}):
