@@ -74,7 +74,23 @@ def tflite_summary(path: Path) -> dict:
         "float_ops": sorted(set(float_ops)),
         "sparsity": round(zeros / total, 6) if total else 0.0,
         "prunable_weights": total,
+        "input": _input_summary(path, tensor(graph.Inputs(0))),
     }
+
+
+def _input_summary(path, t) -> dict:
+    """What an app feeds: dtype, and for an integer input what the integer stands for."""
+    from exporters.tflite import raw_pixel_offset
+
+    dtype = np.dtype(_NUMPY.get(t.Type(), np.float32)).name
+    if not np.issubdtype(np.dtype(dtype), np.integer):
+        return {"dtype": dtype, "feed": "raw RGB pixels 0..255 as float"}
+    q = t.Quantization()
+    offset = raw_pixel_offset(path)
+    feed = ("quantize raw pixels with scale and zero_point" if offset is None else
+            "raw RGB pixel bytes" if offset == 0 else f"raw RGB pixel bytes {offset:+d}")
+    return {"dtype": dtype, "scale": float(q.ScaleAsNumpy()[0]), "zero_point": int(q.ZeroPointAsNumpy()[0]),
+            "feed": feed}
 
 
 def _weight_tensor(model, graph, index):

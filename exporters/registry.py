@@ -24,9 +24,11 @@ class ExportContext:
     onnx_opset: int
     # Real training images for calibration (used by quantizing exporters).
     calibration_images: np.ndarray | None = None
-    # Input/output type of full-integer TFLite files: "float" keeps the raw-pixel
-    # float32 contract; "uint8"/"int8" let an app feed camera bytes directly.
-    int8_io: str = "float"
+    # Input and output types of full-integer TFLite files (see ExportConfig.int8_input):
+    # an integer input takes camera bytes as they are (int8: byte - 128); "float"
+    # keeps the raw-pixel float32 contract / returns float32 probabilities.
+    int8_input: str = "uint8"
+    int8_output: str = "float"
 
 
 class Exporter:

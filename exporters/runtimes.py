@@ -24,6 +24,8 @@ def _litert(path: Path, threads: int):
     # ai-edge-litert is the LiteRT runtime that ships on phones; tf.lite.Interpreter is deprecated.
     from ai_edge_litert.interpreter import Interpreter
 
+    from exporters.tflite import raw_pixel_offset
+
     interpreter = Interpreter(model_path=str(path), num_threads=threads)
     interpreter.allocate_tensors()
     inp = interpreter.get_input_details()[0]
@@ -33,16 +35,26 @@ def _litert(path: Path, threads: int):
     out_scale, out_zero = out["quantization"]
     quantized_in = np.issubdtype(inp["dtype"], np.integer)
     quantized_out = np.issubdtype(out["dtype"], np.integer)
+    # Our integer-input files take the camera byte itself (plus an offset for int8),
+    # whatever normalization their input quantization carries; others (e.g. older
+    # exports) take pixels quantized with the file's own scale and zero point.
+    pixel_offset = raw_pixel_offset(path) if quantized_in else None
+
+    def to_input(x: np.ndarray) -> np.ndarray:
+        if not quantized_in:
+            return x
+        info = np.iinfo(inp["dtype"])
+        if pixel_offset is not None:
+            x = np.round(x) + pixel_offset
+        else:
+            x = np.round(x / in_scale + in_zero)
+        return np.clip(x, info.min, info.max).astype(inp["dtype"])
 
     def predict(images: np.ndarray) -> np.ndarray:
         # One image at a time, the way a phone app calls it.
         results = []
         for image in images:
-            x = image[None]
-            if quantized_in:  # integer I/O: quantize pixels with the file's own scale and zero point
-                info = np.iinfo(inp["dtype"])
-                x = np.clip(np.round(x / in_scale + in_zero), info.min, info.max)
-            interpreter.set_tensor(inp["index"], x.astype(inp["dtype"]))
+            interpreter.set_tensor(inp["index"], to_input(image[None]))
             interpreter.invoke()
             y = interpreter.get_tensor(out["index"])[0]
             if quantized_out:

@@ -70,11 +70,153 @@ def representative_dataset(images: np.ndarray):
     return generate
 
 
+# Metadata entry of a full-integer file whose integer input is the camera byte itself:
+# JSON {"pixel_offset": k} says the stored integer is ``pixel + k`` (0 for uint8, -128 for
+# int8), whatever the tensor's quantization describes (for a folded file, the normalized value).
+RAW_PIXEL_METADATA = "pipeline.raw_pixel_input"
+_INTEGER_TYPES = {"uint8": (np.uint8, 0), "int8": (np.int8, -128)}  # numpy type, pixel offset
+
+
+def convert_full_integer(model, ctx: ExportContext, configure) -> bytes:
+    """A full-integer TFLite flatbuffer of ``model`` with ``ctx.int8_input`` in, ``ctx.int8_output`` out.
+
+    ``configure(converter, ctx)`` sets the quantization options (calibration for
+    post-training quantization; none for a QAT model, whose ranges are learned).
+    With integer input the stored integer is the camera byte (uint8) or the byte
+    minus 128 (int8), and the file says so in its metadata:
+
+    - normalization foldable (see ``exporters.folding``): the converter sees the
+      model without its ``preprocess`` layer, calibrated on normalized images, and the
+      input's quantization becomes scale 1/std, zero point round(mean): no int8
+      SUB/MUL runs on the full-resolution image (Google's int8 MobileNetV2 does the same);
+    - otherwise the normalization stays in the graph and the input's quantization is
+      pinned to scale 1 (the calibrated one is already close: pixels span 0..255).
+    """
+    from dataclasses import replace
+
+    from exporters.folding import fold_normalization
+    from pipeline.keras_compat import tf
+
+    input_name = model.inputs[0].name.split(":")[0] if len(model.inputs) == 1 else None
+    fold = fold_normalization(model) if ctx.int8_input in _INTEGER_TYPES else None
+    if fold is not None:
+        model = fold.model
+        ctx = replace(ctx, calibration_images=fold.normalize(ctx.calibration_images))
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    configure(converter, ctx)
+    flatbuffer = converter.convert()
+    if ctx.int8_input not in _INTEGER_TYPES:
+        return flatbuffer
+    offset = _INTEGER_TYPES[ctx.int8_input][1]
+    if fold is not None:
+        scale, zero_point = 1.0 / fold.std, int(np.floor(fold.mean + 0.5)) + offset
+    else:
+        scale, zero_point = 1.0, offset
+    return set_raw_pixel_input(flatbuffer, scale, zero_point, offset, input_name=input_name)
+
+
+def set_raw_pixel_input(flatbuffer: bytes, scale: float, zero_point: int, pixel_offset: int,
+                        input_name: str | None = None) -> bytes:
+    """Give the (single, integer) input the quantization ``scale``/``zero_point`` and record that it takes
+    ``pixel + pixel_offset``; ``input_name`` renames the input (signature and tensor).
+
+    The first kernel keeps the input scale it was calibrated for (its int32 bias
+    is quantized with it): when the input does not already go through a QUANTIZE
+    op (uint8 input does), one is inserted to requantize.
+    """
+    import json
+
+    import flatbuffers
+    from ai_edge_litert import schema_py_generated as schema
+
+    model = schema.ModelT.InitFromPackedBuf(bytearray(flatbuffer), 0)
+    graph = model.subgraphs[0]
+    if len(graph.inputs) != 1:
+        raise ValueError(f"expected one input tensor, found {len(graph.inputs)}")
+    index = int(graph.inputs[0])
+    tensor = graph.tensors[index]
+    if tensor.quantization is None or tensor.type not in (schema.TensorType.UINT8, schema.TensorType.INT8):
+        raise ValueError("the input tensor is not quantized uint8/int8")
+
+    def opcode(op):
+        code = model.operatorCodes[op.opcodeIndex]
+        return max(code.builtinCode, code.deprecatedBuiltinCode)
+
+    consumers = [op for op in graph.operators if index in list(op.inputs)]
+    if not all(opcode(op) == schema.BuiltinOperator.QUANTIZE for op in consumers):
+        index = _insert_requantize(model, graph, index, schema)
+        tensor = graph.tensors[index]
+    tensor.quantization.scale = [float(scale)]
+    tensor.quantization.zeroPoint = [int(zero_point)]
+    if input_name is not None:
+        for signature in model.signatureDefs or []:
+            for entry in signature.inputs:
+                entry.name = input_name
+        tensor.name = f"serving_default_{input_name}:0"
+    buffer = schema.BufferT()
+    buffer.data = np.frombuffer(json.dumps({"pixel_offset": int(pixel_offset)}).encode(), np.uint8)
+    model.buffers.append(buffer)
+    entry = schema.MetadataT()
+    entry.name, entry.buffer = RAW_PIXEL_METADATA, len(model.buffers) - 1
+    model.metadata = [m for m in (model.metadata or []) if m.name != RAW_PIXEL_METADATA.encode()] + [entry]
+    builder = flatbuffers.Builder(len(flatbuffer) + 1024)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output())
+
+
+def _insert_requantize(model, graph, old: int, schema) -> int:
+    """Make a new input tensor feed the old one through a QUANTIZE op; return the new tensor's index."""
+    import copy
+
+    new_tensor = copy.deepcopy(graph.tensors[old])
+    new_tensor.buffer = 0  # the empty buffer: an input has no data
+    name = graph.tensors[old].name
+    graph.tensors[old].name = (name.decode() if isinstance(name, bytes) else name) + "_requantized"
+    graph.tensors.append(new_tensor)
+    new = len(graph.tensors) - 1
+    codes = [i for i, c in enumerate(model.operatorCodes)
+             if max(c.builtinCode, c.deprecatedBuiltinCode) == schema.BuiltinOperator.QUANTIZE]
+    if codes:
+        code_index = codes[0]
+        model.operatorCodes[code_index].version = max(model.operatorCodes[code_index].version, 2)
+    else:
+        code = schema.OperatorCodeT()
+        code.builtinCode = code.deprecatedBuiltinCode = schema.BuiltinOperator.QUANTIZE
+        code.version = 2  # int8 -> int8 requantization
+        model.operatorCodes.append(code)
+        code_index = len(model.operatorCodes) - 1
+    op = schema.OperatorT()
+    op.opcodeIndex, op.inputs, op.outputs = code_index, [new], [old]
+    op.builtinOptionsType, op.builtinOptions = schema.BuiltinOptions.QuantizeOptions, schema.QuantizeOptionsT()
+    graph.operators.insert(0, op)
+    graph.inputs = [new]
+    for signature in model.signatureDefs or []:
+        for entry in signature.inputs:
+            if entry.tensorIndex == old:
+                entry.tensorIndex = new
+    return new
+
+
+def raw_pixel_offset(path: Path) -> int | None:
+    """``k`` when the file's integer input is ``pixel + k`` (see ``set_raw_pixel_input``), else None."""
+    import json
+
+    from ai_edge_litert import schema_py_generated as schema
+
+    buf = Path(path).read_bytes()
+    model = schema.Model.GetRootAsModel(buf, 0)
+    for i in range(model.MetadataLength()):
+        entry = model.Metadata(i)
+        if entry.Name() == RAW_PIXEL_METADATA.encode():
+            return int(json.loads(model.Buffers(entry.Buffer()).DataAsNumpy().tobytes())["pixel_offset"])
+    return None
+
+
 @register("tflite-int8")
 class TFLiteInt8(Lossy, TFLiteExporter):
     suffix = "_int8.tflite"
     precision = "int8"
-    description = "TFLite full-integer int8, calibrated on real training images"
+    description = "TFLite full-integer int8, calibrated on real training images; uint8 camera bytes in by default"
     needs_calibration = True
     fully_integer = True
 
@@ -88,9 +230,12 @@ class TFLiteInt8(Lossy, TFLiteExporter):
         # Only integer kernels: conversion fails loudly rather than silently
         # leaving a float op that an int8-only accelerator cannot run.
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        io_type = {"float": tf.float32, "int8": tf.int8, "uint8": tf.uint8}[ctx.int8_io]
-        converter.inference_input_type = io_type
-        converter.inference_output_type = io_type
+        types = {"float": tf.float32, "int8": tf.int8, "uint8": tf.uint8}
+        converter.inference_input_type = types[ctx.int8_input]
+        converter.inference_output_type = types[ctx.int8_output]
+
+    def export(self, model, path: Path, ctx: ExportContext) -> None:
+        path.write_bytes(convert_full_integer(model, ctx, self.configure))
 
 
 @register("tflite-qat-int8")

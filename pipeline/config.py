@@ -124,8 +124,17 @@ class ExportConfig(_Section):
     threads: int = Field(default=1, ge=1)
     # Real training images (seeded choice) that int8 exporters calibrate on.
     calibration_samples: int = Field(default=200, ge=1, le=100_000)
-    # Input/output type of full-integer TFLite files.
-    int8_io: Literal["float", "int8", "uint8"] = "float"
+    # Boundary types of full-integer TFLite files (tflite-int8 and formats built on it).
+    # int8_input "uint8": the app feeds the camera's RGB bytes 0..255 as they are, like
+    # Google's int8 MobileNetV2; where the normalization is one mean/std for all
+    # channels in RGB order (MobileNetV2) it becomes the input's quantization
+    # (scale 1/std, zero point mean) and no normalization op runs; otherwise it
+    # stays in the graph and the input's scale is 1. "int8": the same, fed byte - 128.
+    # "float": the float32 raw-pixel contract of every other format.
+    int8_input: Literal["float", "int8", "uint8"] = "uint8"
+    # int8_output "float": float32 probabilities (dequantized in the file);
+    # "uint8"/"int8": quantized probabilities, dequantized with the file's scale and zero point.
+    int8_output: Literal["float", "int8", "uint8"] = "float"
     # Max test top-1 drop against the Keras model, in percentage points, per format;
     # formats not listed keep the registry's default budget.
     budgets: dict[str, float] = Field(default_factory=dict)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import exporters
-from exporters import inspect, registry
+from exporters import folding, inspect, registry, tflite
 from exporters.validate import compare, validate
 from pipeline import models
 from pipeline.config import ModelConfig
@@ -31,8 +31,16 @@ def images():
     return np.random.default_rng(1).integers(0, 256, (24, SIZE, SIZE, 3)).astype(np.float32)
 
 
-def _context(images, int8_io="float"):
-    return exporters.ExportContext(image_size=SIZE, onnx_opset=17, calibration_images=images[:16], int8_io=int8_io)
+@pytest.fixture(scope="module")
+def digits():
+    """Real handwritten digits (dark background, bright strokes): a pixel distribution unlike noise."""
+    from pipeline.data import load_digits_dataset
+
+    return load_digits_dataset(SIZE)[1][:48].astype(np.float32)
+
+
+def _context(images, **int8_types):
+    return exporters.ExportContext(image_size=SIZE, onnx_opset=17, calibration_images=images[:16], **int8_types)
 
 
 def test_registry_has_the_issue_formats():
@@ -69,18 +77,125 @@ def test_format_exports_loads_in_its_runtime_and_agrees_with_keras(fmt, peaked_m
         assert inspect.tflite_summary(path)["fully_integer"] == exporter.fully_integer
 
 
-@pytest.mark.parametrize("io", ["uint8", "int8"])
-def test_int8_tflite_with_integer_io_takes_raw_pixels(io, peaked_model, images, tmp_path):
+def _ops_before_first_conv(path) -> list[str]:
+    from ai_edge_litert.interpreter import Interpreter
+
+    names = [op["op_name"] for op in Interpreter(model_path=str(path))._get_ops_details()]
+    return names[:names.index("CONV_2D")]
+
+
+@pytest.mark.parametrize("input_type, output_type", [("uint8", "float"), ("int8", "int8"), ("float", "uint8")])
+def test_int8_tflite_takes_raw_pixels_whatever_its_io_types(input_type, output_type, peaked_model, images, digits,
+                                                             tmp_path):
     exporter = exporters.get("tflite-int8")
     path = tmp_path / f"io{exporter.suffix}"
-    exporter.export(peaked_model, path, _context(images, io))
+    exporter.export(peaked_model, path, _context(images, int8_input=input_type, int8_output=output_type))
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=str(path))
+    details = interpreter.get_input_details()[0]
+    assert details["dtype"] == np.dtype(input_type if input_type != "float" else "float32")
+    assert interpreter.get_signature_list()["serving_default"]["inputs"] == [models.INPUT_NAME]
+    out_dtype = np.dtype(output_type if output_type != "float" else "float32")
+    assert interpreter.get_output_details()[0]["dtype"] == out_dtype
+    if input_type == "float":  # the raw-pixel float32 contract: the normalization runs in the graph
+        assert "SUB" in _ops_before_first_conv(path) and tflite.raw_pixel_offset(path) is None
+    else:  # MobileNetV2's (x - 127.5) / 127.5 is the input's quantization: the stored integer is the camera byte
+        scale, zero_point = details["quantization"]
+        assert scale == pytest.approx(1 / 127.5, rel=1e-6) and _ops_before_first_conv(path) == ["QUANTIZE"]
+        offset = {"uint8": 0, "int8": -128}[input_type]
+        assert zero_point == 128 + offset and tflite.raw_pixel_offset(path) == offset
+        assert inspect.tflite_summary(path)["input"]["feed"].startswith("raw RGB pixel bytes")
+    for x in images, digits:  # raw pixels in, the Keras model's answers out, within the int8 budget
+        reference = models.predict_probs(peaked_model, x)
+        check = validate(path, exporter, x, reference.argmax(1), reference)
+        assert check.passed and check.top1_agreement >= 0.95, check.failures
+    assert inspect.tflite_summary(path)["fully_integer"]
+
+
+def _bgr_caffe_model():
+    """A tiny classifier behind ResNet50's preprocessing: BGR, per-channel means, no scaling."""
+    keras.utils.set_random_seed(2)
+    inputs = keras.Input((SIZE, SIZE, 3), name=models.INPUT_NAME)
+    x = models.Preprocess((103.939, 116.779, 123.68), (1.0, 1.0, 1.0), "BGR", name=models.PREPROCESS_LAYER)(inputs)
+    x = keras.layers.Conv2D(8, 3, strides=2, activation="relu")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    outputs = keras.layers.Dense(4, activation="softmax")(x)
+    return keras.Model(inputs, outputs)
+
+
+def test_bgr_per_channel_normalization_is_not_folded_and_uint8_input_is_still_the_camera_byte(images, tmp_path):
+    resnet = models.build_classifier(ModelConfig(backbone="resnet50", weights="none"), 2, SIZE)
+    assert folding.fold_normalization(resnet) is None
+    model = _bgr_caffe_model()
+    assert folding.fold_normalization(model) is None
+    exporter = exporters.get("tflite-int8")
+    path = tmp_path / f"bgr{exporter.suffix}"
+    exporter.export(model, path, _context(images, int8_input="uint8"))
     from ai_edge_litert.interpreter import Interpreter
 
     details = Interpreter(model_path=str(path)).get_input_details()[0]
-    assert details["dtype"] == np.dtype(io)
-    reference = models.predict_probs(peaked_model, images)
+    assert details["dtype"] == np.uint8 and details["quantization"] == (1.0, 0)
+    assert {"SUB", "MUL"} & set(_ops_before_first_conv(path)) and tflite.raw_pixel_offset(path) == 0
+    reference = models.predict_probs(model, images)
     check = validate(path, exporter, images, reference.argmax(1), reference)
-    assert check.passed and inspect.tflite_summary(path)["fully_integer"]
+    assert check.top1_agreement >= 0.9 and inspect.tflite_summary(path)["fully_integer"]
+
+
+def test_normalization_of_a_tfmot_qat_model_folds_too(peaked_model, images, tmp_path):
+    """A QAT exporter hands convert_full_integer a tfmot model whose preprocess layer is left un-annotated."""
+    import tensorflow_model_optimization as tfmot
+
+    def annotate(layer):
+        if layer.name == models.PREPROCESS_LAYER:
+            return layer
+        return tfmot.quantization.keras.quantize_annotate_layer(layer)
+
+    annotated = keras.models.clone_model(peaked_model, clone_function=annotate)
+    with tfmot.quantization.keras.quantize_scope({"Preprocess": models.Preprocess}):
+        qat = tfmot.quantization.keras.quantize_apply(annotated)
+    fold = folding.fold_normalization(qat)
+    assert (fold.mean, fold.std) == (127.5, 127.5)
+    path = tmp_path / "qat_int8.tflite"
+    exporter = exporters.get("tflite-int8")
+    path.write_bytes(tflite.convert_full_integer(qat, _context(images), exporter.configure))
+    assert _ops_before_first_conv(path) == ["QUANTIZE"] and tflite.raw_pixel_offset(path) == 0
+    reference = models.predict_probs(qat, images)
+    check = validate(path, exporter, images, reference.argmax(1), reference)
+    assert check.top1_agreement >= 0.95 and inspect.tflite_summary(path)["fully_integer"]
+
+
+def _onnx_ops_before_first_conv(path) -> list[str]:
+    import onnx
+
+    graph = onnx.load(str(path)).graph
+    constants = {i.name for i in graph.initializer}
+    ops = []
+    for node in graph.node:
+        if node.op_type == "Conv":
+            return ops
+        if not (node.op_type == "DequantizeLinear" and node.input[0] in constants):  # weights
+            ops.append(node.op_type)
+    return ops
+
+
+def test_onnx_int8_quantizes_raw_pixels_where_the_normalization_folds(peaked_model, images, digits, tmp_path):
+    exporter = exporters.get("onnx-int8")
+    path = tmp_path / f"folded{exporter.suffix}"
+    exporter.export(peaked_model, path, _context(images))
+    # The float input is still raw RGB pixels, but no Sub/Mul runs on it: the QuantizeLinear takes them.
+    assert _onnx_ops_before_first_conv(path) == ["Transpose", "QuantizeLinear", "DequantizeLinear"]
+    for x in images, digits:
+        reference = models.predict_probs(peaked_model, x)
+        check = validate(path, exporter, x, reference.argmax(1), reference)
+        assert check.passed and check.top1_agreement >= 0.95, check.failures
+
+    bgr = _bgr_caffe_model()
+    path = tmp_path / f"bgr{exporter.suffix}"
+    exporter.export(bgr, path, _context(images))
+    assert {"Sub", "Mul"} <= set(_onnx_ops_before_first_conv(path))
+    reference = models.predict_probs(bgr, images)
+    assert validate(path, exporter, images, reference.argmax(1), reference).top1_agreement >= 0.9
 
 
 @pytest.mark.parametrize("fmt", ["tflite-fp32", "tflite-fp16", "tflite-int8", "onnx-fp32", "onnx-int8"])

@@ -82,6 +82,8 @@ def test_file_over_budget_fails_the_run_and_is_not_published(tmp_path, monkeypat
     assert (cfg.build_root / "artifacts" / file).exists()
     entry = _results(cfg)["artifacts"][0]
     assert entry["status"] == "warned" and reason in entry["error"]
+    if exporter is TFLiteInt8:  # the default int8 input: the camera's bytes, MobileNetV2's normalization folded in
+        assert entry["input"]["dtype"] == "uint8" and entry["input"]["feed"] == "raw RGB pixel bytes"
 
 
 def test_image_folder_source_end_to_end(tmp_path, image_folder):

@@ -41,8 +41,9 @@ STAGE = Stage(
     params=("export",),
     extra_deps=optimize.outputs_for,
     code=(
-        "pipeline.stages.export", "pipeline.stages.optimize", "pipeline.compression", "exporters.registry", "exporters.keras_format", "exporters.tflite",
-        "exporters.onnx", "exporters.runtimes", "exporters.validate", "exporters.inspect", "pipeline.models",
+        "pipeline.stages.export", "pipeline.stages.optimize", "pipeline.compression", "exporters.registry",
+        "exporters.keras_format", "exporters.tflite", "exporters.onnx", "exporters.folding", "exporters.runtimes",
+        "exporters.validate", "exporters.inspect", "pipeline.models",
     ),
 )
 
@@ -71,7 +72,7 @@ def inspect_file(path: Path, exporter, model) -> dict:
     if exporter.runtime == "litert":
         summary = inspect.tflite_summary(path)
         return {"sparsity": summary["sparsity"], "fully_integer": summary["fully_integer"],
-                "float_ops": summary["float_ops"]}
+                "float_ops": summary["float_ops"], "input": summary["input"]}
     if exporter.runtime == "onnxruntime":
         return {"sparsity": inspect.onnx_sparsity(path)}
     return {"sparsity": inspect.keras_sparsity(model)}
@@ -110,7 +111,8 @@ def run(cfg: Config, ctx) -> None:
     x_train, _ = data.load_split(ctx.path("data/train.npz"))
     calibration = calibration_images(x_train, cfg.export.calibration_samples, cfg.data.seed)
     export_ctx = exporters.ExportContext(image_size=cfg.data.image_size, onnx_opset=cfg.export.onnx_opset,
-                                         calibration_images=calibration, int8_io=cfg.export.int8_io)
+                                         calibration_images=calibration, int8_input=cfg.export.int8_input,
+                                         int8_output=cfg.export.int8_output)
     sample = x_test[:1]
     reference_latency = keras_latency_ms(model, sample, cfg.export.latency_runs)
 
