@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from pipeline.errors import ConfigError
 from pipeline.keras_compat import keras
 from pipeline.models import PREPROCESS_LAYER, Preprocess
 
@@ -46,12 +47,18 @@ def pruning_schedule(target_sparsity: float, total_steps: int, ramp_fraction: fl
         initial_sparsity=0.0, final_sparsity=target_sparsity, begin_step=0, end_step=end_step, frequency=frequency)
 
 
-def apply_pruning(model: keras.Model, schedule) -> keras.Model:
-    """The model with every conv/depthwise/dense kernel wrapped for magnitude pruning."""
+def apply_pruning(model: keras.Model, schedule, exclude=()) -> keras.Model:
+    """The model with every conv/dense kernel but those of the ``exclude`` layers wrapped for magnitude pruning."""
     prune = _tfmot().sparsity.keras.prune_low_magnitude
+    unknown = set(exclude) - {layer.name for layer in model.layers if isinstance(layer, PRUNABLE)}
+    if unknown:
+        raise ConfigError(f"optimize.prune.exclude names {', '.join(sorted(unknown))}, not a conv or dense layer of "
+                          f"this model; use names such as Conv1 or head_predictions.")
 
     def wrap(layer):
-        return prune(layer, pruning_schedule=schedule) if isinstance(layer, PRUNABLE) else layer
+        if isinstance(layer, PRUNABLE) and layer.name not in exclude:
+            return prune(layer, pruning_schedule=schedule)
+        return layer
 
     return keras.models.clone_model(model, clone_function=wrap)
 
@@ -172,8 +179,10 @@ def initialize_ranges(model: keras.Model, images: np.ndarray, rounds: int = 3) -
     variables were set.
     """
     ranges = _ema_range_variables(model)
-    ids = {id(v) for v in ranges}
-    others = [v for v in model.non_trainable_variables if id(v) not in ids]
+    # Weight ranges (LastValueQuantizer) are simply set from the current kernels by
+    # the pass and stay; statistics and counters the pass also moves are put back.
+    others = [v for v in model.non_trainable_variables
+              if not v.name.split(":")[0].endswith(("_min", "_max"))]
     kept = [v.numpy() for v in others]
     batch = np.asarray(images, dtype=np.float32)
     for _ in range(rounds):

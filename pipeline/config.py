@@ -102,6 +102,9 @@ class PruneConfig(_Section):
     epochs: int = Field(default=2, ge=1)
     ramp_fraction: float = Field(default=0.6, gt=0, le=1)
     lr: float = Field(default=1e-4, gt=0)
+    # Layer names left dense, e.g. [Conv1]: the first convolution sees only 3 input
+    # channels, so each of its few weights matters (they still count as prunable).
+    exclude: tuple[str, ...] = ()
 
 
 class QATConfig(_Section):
@@ -115,6 +118,9 @@ class OptimizeConfig(_Section):
 
     prune: PruneConfig = PruneConfig()
     qat: QATConfig = QATConfig()
+    # Knowledge distillation from the fine-tuned model while pruning and in QAT:
+    # loss = (1 - w) x cross-entropy + w x KL(fine-tuned || optimized); 0 turns it off.
+    distill_weight: float = Field(default=0.5, ge=0, le=1)
 
 
 class ExportConfig(_Section):

@@ -46,6 +46,10 @@ def test_wrong_type_names_key(tmp_path):
     ("model.backbone=vgg16", "model.backbone"),
     ("train.fine_tune_at=1.5", "train.fine_tune_at"),
     ("name=../escape", "name"),
+    ("optimize.prune.target_sparsity=1.5", "optimize.prune.target_sparsity"),
+    ("optimize.prune.epochs=0", "optimize.prune.epochs"),
+    ("optimize.qat.epochs=-2", "optimize.qat.epochs"),
+    ("optimize.distill_weight=2", "optimize.distill_weight"),
 ])
 def test_out_of_range_values_are_rejected(tmp_path, override, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):

@@ -142,27 +142,39 @@ def test_bgr_per_channel_normalization_is_not_folded_and_uint8_input_is_still_th
     assert check.top1_agreement >= 0.9 and inspect.tflite_summary(path)["fully_integer"]
 
 
-def test_normalization_of_a_tfmot_qat_model_folds_too(peaked_model, images, tmp_path):
-    """A QAT exporter hands convert_full_integer a tfmot model whose preprocess layer is left un-annotated."""
-    import tensorflow_model_optimization as tfmot
+@pytest.mark.parametrize("preserve_sparsity", [False, True])
+def test_qat_models_convert_to_full_integer_files_that_match_the_float_model(preserve_sparsity, peaked_model, images,
+                                                                            tmp_path):
+    """What the QAT exporters get: a tfmot model whose preprocess layer is left un-annotated."""
+    from pipeline import compression
 
-    def annotate(layer):
-        if layer.name == models.PREPROCESS_LAYER:
-            return layer
-        return tfmot.quantization.keras.quantize_annotate_layer(layer)
-
-    annotated = keras.models.clone_model(peaked_model, clone_function=annotate)
-    with tfmot.quantization.keras.quantize_scope({"Preprocess": models.Preprocess}):
-        qat = tfmot.quantization.keras.quantize_apply(annotated)
+    model = keras.models.clone_model(peaked_model)
+    model.set_weights(peaked_model.get_weights())
+    if preserve_sparsity:  # a pruned model: half of every conv/dense kernel zero
+        rng = np.random.default_rng(0)
+        for layer in model.layers:
+            if isinstance(layer, compression.PRUNABLE):
+                values = layer.kernel.numpy()
+                values[rng.random(values.shape) < 0.5] = 0.0
+                layer.kernel.assign(values)
+    qat = compression.quantize_aware(model, preserve_sparsity=preserve_sparsity)
+    compression.initialize_ranges(qat, images[:16])
     fold = folding.fold_normalization(qat)
     assert (fold.mean, fold.std) == (127.5, 127.5)
-    path = tmp_path / "qat_int8.tflite"
-    exporter = exporters.get("tflite-int8")
-    path.write_bytes(tflite.convert_full_integer(qat, _context(images), exporter.configure))
+    exporter = exporters.get("tflite-pruned-int8" if preserve_sparsity else "tflite-qat-int8")
+    path = tmp_path / f"model{exporter.suffix}"
+    exporter.export(qat, path, _context(images))
     assert _ops_before_first_conv(path) == ["QUANTIZE"] and tflite.raw_pixel_offset(path) == 0
-    reference = models.predict_probs(qat, images)
+    summary = inspect.tflite_summary(path)
+    assert summary["fully_integer"]
+    # Held, like the pipeline holds it, against the float model it was made from.
+    reference = models.predict_probs(model, images)
     check = validate(path, exporter, images, reference.argmax(1), reference)
-    assert check.top1_agreement >= 0.95 and inspect.tflite_summary(path)["fully_integer"]
+    assert check.top1_agreement >= 0.9 and check.passed, check.failures
+    if preserve_sparsity:
+        assert summary["sparsity"] == pytest.approx(compression.overall_sparsity(model), abs=0.005)
+    else:
+        assert summary["sparsity"] < 0.05
 
 
 def _onnx_ops_before_first_conv(path) -> list[str]:

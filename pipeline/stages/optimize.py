@@ -30,6 +30,7 @@ from pipeline.keras_compat import keras
 from pipeline.stages import Stage
 from pipeline.stages.data import read_labels
 from pipeline.stages.finetune import load_model
+from pipeline.distillation import compile_distillation, with_teacher
 from pipeline.training import compile_model
 
 log = logging.getLogger("pipeline")
@@ -53,8 +54,8 @@ STAGE = Stage(
     name="optimize",
     deps=("finetune/model.keras", "data/train.npz", "data/val.npz", "data/labels.txt"),
     params=("data", "model", "train", "optimize"),
-    code=("pipeline.stages.optimize", "pipeline.compression", "pipeline.stages.finetune", "pipeline.training", "pipeline.models",
-          "pipeline.data"),
+    code=("pipeline.stages.optimize", "pipeline.compression", "pipeline.distillation", "pipeline.stages.finetune",
+          "pipeline.training", "pipeline.models", "pipeline.data"),
     derived_params=lambda cfg: {"export.formats (models to optimize)": needed_models(cfg)},
     not_needed=lambda cfg: None if needed_models(cfg) else "no format in export.formats reads a pruned or QAT model",
 )
@@ -65,6 +66,17 @@ def _fit(model, phase: str, epochs: int, train_ds, val_ds, callbacks=()) -> list
     log.info("[optimize] %s: %d epoch(s)", phase, epochs)
     history = model.fit(train_ds, validation_data=val_ds, epochs=epochs, callbacks=list(callbacks), verbose=verbose)
     return [round(float(v), 6) for v in history.history.get("val_accuracy", [])]
+
+
+def _trainable(model, teacher, cfg: Config, lr: float, epochs: int, steps: int):
+    """What fit() trains: the model itself, or the model beside the frozen fine-tuned one (distillation)."""
+    w = cfg.optimize.distill_weight
+    if not w:
+        compile_model(model, lr, epochs, steps, cfg.train)
+        return model
+    combined = with_teacher(model, teacher)
+    compile_distillation(combined, lr, epochs, steps, cfg.train, model.output_shape[-1], w)
+    return combined
 
 
 def _prepare(model, cfg: Config) -> None:
@@ -91,19 +103,21 @@ def run(cfg: Config, ctx) -> None:
                                  seed=cfg.data.seed)
     val_ds = data.make_dataset(x_val, y_val, t.batch_size, training=False)
     steps = int(np.ceil(len(y_train) / t.batch_size))
-    report: dict = {"models": needed_models(cfg)}
+    report: dict = {"models": needed_models(cfg), "distill_weight": o.distill_weight}
     # One training batch (seeded) that QAT's activation ranges start from.
     range_batch = x_train[np.random.default_rng(cfg.data.seed).permutation(len(x_train))[:t.batch_size]]
     started = time.time()
+    # The fine-tuned model, frozen: the teacher when optimize.distill_weight > 0.
+    teacher = load_model(ctx.path("finetune/model.keras")) if o.distill_weight else None
 
     if "pruned-qat" in report["models"]:
         phase_start = time.time()
         base = load_model(ctx.path("finetune/model.keras"))
         _prepare(base, cfg)
         schedule = compression.pruning_schedule(o.prune.target_sparsity, steps * o.prune.epochs, o.prune.ramp_fraction)
-        pruning = compression.apply_pruning(base, schedule)
-        compile_model(pruning, o.prune.lr, o.prune.epochs, steps, t)
-        prune_val = _fit(pruning, f"pruning to {o.prune.target_sparsity:.0%} sparsity", o.prune.epochs, train_ds, val_ds,
+        pruning = compression.apply_pruning(base, schedule, o.prune.exclude)
+        fit_model = _trainable(pruning, teacher, cfg, o.prune.lr, o.prune.epochs, steps)
+        prune_val = _fit(fit_model, f"pruning to {o.prune.target_sparsity:.0%} sparsity", o.prune.epochs, train_ds, val_ds,
                          compression.pruning_callbacks())
         pruned = compression.strip_pruning(pruning)
         sparsity = compression.overall_sparsity(pruned)
@@ -117,14 +131,14 @@ def run(cfg: Config, ctx) -> None:
         _prepare(pruned, cfg)
         pqat = compression.quantize_aware(pruned, preserve_sparsity=True)
         _start_qat(pqat, cfg, range_batch)
-        compile_model(pqat, o.qat.lr, o.qat.epochs, steps, t)
-        pqat_val = _fit(pqat, "sparsity-preserving quantization-aware training", o.qat.epochs, train_ds, val_ds)
+        fit_model = _trainable(pqat, teacher, cfg, o.qat.lr, o.qat.epochs, steps)
+        pqat_val = _fit(fit_model, "sparsity-preserving quantization-aware training", o.qat.epochs, train_ds, val_ds)
         out = ctx.path("optimize/pruned_qat_weights.h5")
         with atomic_path(out) as tmp:
             compression.save_weights(pqat, tmp)
         ctx.record_output(out)
         report["pruning"] = {
-            "target_sparsity": o.prune.target_sparsity, "epochs": o.prune.epochs,
+            "target_sparsity": o.prune.target_sparsity, "epochs": o.prune.epochs, "excluded": list(o.prune.exclude),
             "schedule": {"end_step": int(schedule.end_step), "frequency": int(schedule.frequency),
                          "total_steps": steps * o.prune.epochs},
             "sparsity": sparsity, "sparsity_after_qat": compression.overall_sparsity(pqat),
@@ -139,8 +153,8 @@ def run(cfg: Config, ctx) -> None:
         _prepare(base, cfg)
         qat = compression.quantize_aware(base)
         _start_qat(qat, cfg, range_batch)
-        compile_model(qat, o.qat.lr, o.qat.epochs, steps, t)
-        qat_val = _fit(qat, "quantization-aware training", o.qat.epochs, train_ds, val_ds)
+        fit_model = _trainable(qat, teacher, cfg, o.qat.lr, o.qat.epochs, steps)
+        qat_val = _fit(fit_model, "quantization-aware training", o.qat.epochs, train_ds, val_ds)
         out = ctx.path("optimize/qat_weights.h5")
         with atomic_path(out) as tmp:
             compression.save_weights(qat, tmp)
