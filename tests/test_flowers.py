@@ -1,4 +1,4 @@
-"""Real photos, real ImageNet weights: the slow acceptance run (``make test-slow``, ~20 min on 2 cores)."""
+"""Real photos, real ImageNet weights: the slow acceptance run (``make test-slow``, ~30 min on 2 cores)."""
 
 from __future__ import annotations
 
