@@ -93,6 +93,23 @@ def _start_qat(model, cfg: Config, range_batch: np.ndarray) -> None:
     log.info("[optimize] %d activation ranges start from %d training images", count // 2, len(range_batch))
 
 
+def _quantization_aware_training(base, preserve_sparsity: bool, weights_out: str, *, cfg, ctx, teacher, range_batch,
+                                 steps, train_ds, val_ds):
+    """QAT of ``base`` (sparsity-preserving for a pruned one); saves the weights; returns (model, val accuracies)."""
+    o = cfg.optimize
+    _prepare(base, cfg)
+    model = compression.quantize_aware(base, preserve_sparsity=preserve_sparsity)
+    _start_qat(model, cfg, range_batch)
+    fit_model = _trainable(model, teacher, cfg, o.qat.lr, o.qat.epochs, steps)
+    phase = "sparsity-preserving quantization-aware training" if preserve_sparsity else "quantization-aware training"
+    val = _fit(fit_model, phase, o.qat.epochs, train_ds, val_ds)
+    out = ctx.path(weights_out)
+    with atomic_path(out) as tmp:
+        compression.save_weights(model, tmp)
+    ctx.record_output(out)
+    return model, val
+
+
 def run(cfg: Config, ctx) -> None:
     keras.utils.set_random_seed(cfg.data.seed)
     read_labels(ctx.root)
@@ -109,6 +126,9 @@ def run(cfg: Config, ctx) -> None:
     started = time.time()
     # The fine-tuned model, frozen: the teacher when optimize.distill_weight > 0.
     teacher = load_model(ctx.path("finetune/model.keras")) if o.distill_weight else None
+
+    shared = dict(cfg=cfg, ctx=ctx, teacher=teacher, range_batch=range_batch, steps=steps, train_ds=train_ds,
+                  val_ds=val_ds)
 
     if "pruned-qat" in report["models"]:
         phase_start = time.time()
@@ -128,15 +148,7 @@ def run(cfg: Config, ctx) -> None:
             pruned.save(tmp)
         ctx.record_output(out)
 
-        _prepare(pruned, cfg)
-        pqat = compression.quantize_aware(pruned, preserve_sparsity=True)
-        _start_qat(pqat, cfg, range_batch)
-        fit_model = _trainable(pqat, teacher, cfg, o.qat.lr, o.qat.epochs, steps)
-        pqat_val = _fit(fit_model, "sparsity-preserving quantization-aware training", o.qat.epochs, train_ds, val_ds)
-        out = ctx.path("optimize/pruned_qat_weights.h5")
-        with atomic_path(out) as tmp:
-            compression.save_weights(pqat, tmp)
-        ctx.record_output(out)
+        pqat, pqat_val = _quantization_aware_training(pruned, True, "optimize/pruned_qat_weights.h5", **shared)
         report["pruning"] = {
             "target_sparsity": o.prune.target_sparsity, "epochs": o.prune.epochs, "excluded": list(o.prune.exclude),
             "schedule": {"end_step": int(schedule.end_step), "frequency": int(schedule.frequency),
@@ -150,15 +162,7 @@ def run(cfg: Config, ctx) -> None:
     if "qat" in report["models"]:
         phase_start = time.time()
         base = load_model(ctx.path("finetune/model.keras"))
-        _prepare(base, cfg)
-        qat = compression.quantize_aware(base)
-        _start_qat(qat, cfg, range_batch)
-        fit_model = _trainable(qat, teacher, cfg, o.qat.lr, o.qat.epochs, steps)
-        qat_val = _fit(fit_model, "quantization-aware training", o.qat.epochs, train_ds, val_ds)
-        out = ctx.path("optimize/qat_weights.h5")
-        with atomic_path(out) as tmp:
-            compression.save_weights(qat, tmp)
-        ctx.record_output(out)
+        _, qat_val = _quantization_aware_training(base, False, "optimize/qat_weights.h5", **shared)
         report["qat"] = {"epochs": o.qat.epochs, "val_accuracy": qat_val, "seconds": round(time.time() - phase_start, 1)}
 
     report["seconds"] = round(time.time() - started, 1)
