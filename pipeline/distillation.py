@@ -7,6 +7,7 @@ finetune stage's stamp, and distillation only concerns the optimize stage.
 from __future__ import annotations
 
 from pipeline.keras_compat import keras, tf
+from pipeline.training import learning_rate
 
 
 def with_teacher(student, teacher):
@@ -29,8 +30,7 @@ def with_teacher(student, teacher):
 def compile_distillation(model, lr: float, epochs: int, steps_per_epoch: int, t, num_classes: int,
                          weight: float) -> None:
     """Loss: (1 - weight) x cross-entropy with the labels + weight x KL(teacher || student)."""
-    if t.lr_schedule == "cosine" and epochs > 0:
-        lr = keras.optimizers.schedules.CosineDecay(lr, decay_steps=max(1, epochs * steps_per_epoch))
+    lr = learning_rate(lr, epochs, steps_per_epoch, t)
     n, smoothing = num_classes, t.label_smoothing
 
     def loss(y_true, y_pred):

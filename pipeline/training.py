@@ -5,9 +5,15 @@ from __future__ import annotations
 from pipeline.keras_compat import keras, tf
 
 
-def compile_model(model, lr: float, epochs: int, steps_per_epoch: int, t) -> None:
+def learning_rate(lr: float, epochs: int, steps_per_epoch: int, t):
+    """``lr``, cosine-decayed to zero over the phase's steps when train.lr_schedule is "cosine"."""
     if t.lr_schedule == "cosine" and epochs > 0:
-        lr = keras.optimizers.schedules.CosineDecay(lr, decay_steps=max(1, epochs * steps_per_epoch))
+        return keras.optimizers.schedules.CosineDecay(lr, decay_steps=max(1, epochs * steps_per_epoch))
+    return lr
+
+
+def compile_model(model, lr: float, epochs: int, steps_per_epoch: int, t) -> None:
+    lr = learning_rate(lr, epochs, steps_per_epoch, t)
     if t.label_smoothing:
         # Sparse labels with smoothing: Keras 2's sparse loss has no label_smoothing argument.
         n = model.output_shape[-1]
