@@ -29,6 +29,13 @@ def _op_names():
     return {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
 
 
+def op_name(model, op, names: dict[int, str]) -> str:
+    """The builtin name of a TFLite operator ("CUSTOM" for others); ``names`` is ``_op_names()``."""
+    code = model.OperatorCodes(op.OpcodeIndex())
+    # Codes past 127 live only in BuiltinCode; older files keep them in the deprecated byte.
+    return names.get(max(code.BuiltinCode(), code.DeprecatedBuiltinCode()), "CUSTOM")
+
+
 def tflite_summary(path: Path) -> dict:
     """Float ops outside the I/O boundary, and sparsity of conv/dense kernels, read from the flatbuffer."""
     schema = _schema()
@@ -45,14 +52,10 @@ def tflite_summary(path: Path) -> dict:
         b = model.Buffers(tensor(i).Buffer())
         return b is not None and b.DataLength() > 0
 
-    def op_name(op):
-        code = model.OperatorCodes(op.OpcodeIndex())
-        return names.get(max(code.BuiltinCode(), code.DeprecatedBuiltinCode()), "CUSTOM")
-
     float_ops, kernels = [], []
     for k in range(graph.OperatorsLength()):
         op = graph.Operators(k)
-        name = op_name(op)
+        name = op_name(model, op, names)
         ins = [i for i in op.InputsAsNumpy().tolist() if i >= 0]
         outs = op.OutputsAsNumpy().tolist()
         if name in _KERNEL_OPS and len(ins) > 1:
