@@ -13,7 +13,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $@
 
-.PHONY: venv export status test test-slow probe clean
+.PHONY: venv export status bench report gate test test-slow probe clean
 venv: $(VENV)/.installed
 
 export: $(VENV)/.installed
@@ -21,6 +21,20 @@ export: $(VENV)/.installed
 
 status: $(VENV)/.installed
 	$(PY) -m pipeline status --config $(CONFIG) $(foreach s,$(SET),--set $(s))
+
+# Benchmark the last build again (every file on every target of benchmark.targets) and re-render the report;
+# stages that are out of date run first.
+bench: $(VENV)/.installed
+	$(PY) -m pipeline run --config $(CONFIG) $(foreach s,$(SET),--set $(s)) --force bench
+
+# Re-render report/report.md and report.html from the build's bench/results.json.
+report: $(VENV)/.installed
+	$(PY) -m benchmarks.report $$($(PY) -m pipeline path --config $(CONFIG) $(foreach s,$(SET),--set $(s)))/bench/results.json
+
+# Fail (exit 1) when a file's accuracy or its latency ratio to Keras regressed against BASELINE.
+gate: $(VENV)/.installed
+	@test -n "$(BASELINE)" || { echo "usage: make gate BASELINE=path/to/results.json [CONFIG=...]" >&2; exit 2; }
+	$(PY) -m benchmarks.gate --baseline $(BASELINE) --config $(CONFIG) $(GATE_FLAGS)
 
 test: $(VENV)/.installed
 	$(PY) -m pytest

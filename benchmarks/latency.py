@@ -1,73 +1,170 @@
-"""Interleaved single-image latency of model files on their own runtimes.
+"""Latency of model files, each in its own worker process, interleaved round by round.
 
-Each round runs every file once, so machine drift hits all files alike; the
-figure per file is the median over rounds, at a fixed thread count. (The full
-benchmark harness, with subprocess isolation and percentiles, builds on this.)
+Each round runs every worker once in a fresh random order, so machine drift
+(thermal, other load) hits all files alike and no file always follows the same
+neighbour. Rounds go on until every file has ``min_runs`` samples and the 95%
+confidence interval of every median is within ``rel_ci`` of it, or until
+``max_runs`` / ``max_seconds`` is reached.
 
-    python -m benchmarks.latency --threads 1 --rounds 300 a.tflite b.tflite c.onnx
+    python -m benchmarks.latency --threads 1 --max-seconds 20 a.tflite b.tflite c.onnx
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
-from exporters.runtimes import load_predictor
+from exporters.runtimes import RUNTIME_BY_SUFFIX
 
-RUNTIME_BY_SUFFIX = {".tflite": "litert", ".onnx": "onnxruntime", ".keras": "keras"}
+REPO = Path(__file__).resolve().parents[1]
 
 
-def interleaved_medians(paths: list[Path], threads: int, rounds: int, warmup: int = 10, seed: int = 0) -> dict:
-    predictors = {}
-    for path in paths:
-        predict = load_predictor(path, RUNTIME_BY_SUFFIX[path.suffix], threads)
-        predictors[path] = (predict, _input_for(path))
-    times = {path: [] for path in paths}
-    order = list(paths)
+def median_ci95(sorted_times: np.ndarray) -> tuple[float, float]:
+    """Distribution-free 95% interval of the median from order statistics (binomial, normal approximation)."""
+    n = len(sorted_times)
+    half = 1.96 * math.sqrt(n) / 2
+    lo = max(int(math.floor(n / 2 - half)), 0)
+    hi = min(int(math.ceil(n / 2 + half)), n - 1)
+    return float(sorted_times[lo]), float(sorted_times[hi])
+
+
+def summarize(times_ms: list[float]) -> dict:
+    t = np.sort(np.asarray(times_ms, dtype=np.float64))
+    lo, hi = median_ci95(t)
+    return {
+        "p50": round(float(np.median(t)), 4),
+        "p90": round(float(np.percentile(t, 90)), 4),
+        "p99": round(float(np.percentile(t, 99)), 4),
+        "mean": round(float(t.mean()), 4),
+        "std": round(float(t.std(ddof=1)) if len(t) > 1 else 0.0, 4),
+        "ci95": [round(lo, 4), round(hi, 4)],
+        "runs": int(len(t)),
+    }
+
+
+def relative_ci(stats: dict) -> float:
+    """Half-width of the median's 95% interval as a fraction of the median: the run's own noise."""
+    lo, hi = stats["ci95"]
+    return (hi - lo) / 2 / stats["p50"] if stats["p50"] > 0 else math.inf
+
+
+class WorkerError(RuntimeError):
+    pass
+
+
+@dataclass
+class Worker:
+    """A ``benchmarks.worker`` process holding one loaded model."""
+
+    key: str
+    path: Path
+    runtime: str
+    threads: int
+    inputs: Path
+    log: Optional[Path] = None
+    ready: dict = field(default_factory=dict)
+    times: list = field(default_factory=list)
+    proc: Optional[subprocess.Popen] = None
+
+    def start(self) -> "Worker":
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "benchmarks.worker", str(self.path), self.runtime, str(self.threads), str(self.inputs)],
+            cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log_stream(), text=True, bufsize=1,
+        )
+        self.ready = self._read()
+        return self
+
+    def _log_stream(self):
+        # A file, not a pipe: a chatty runtime (TensorFlow) would fill a pipe nobody reads and hang.
+        if self.log is None:
+            return subprocess.DEVNULL
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        return self.log.open("w")
+
+    def _read(self) -> dict:
+        line = self.proc.stdout.readline()
+        if not line:
+            tail = self.log.read_text().strip().splitlines()[-1:] if self.log and self.log.exists() else []
+            where = f" (log: {self.log})" if self.log else ""
+            raise WorkerError(f"benchmark worker for {self.path} exited: {tail[0] if tail else 'no output'}{where}")
+        reply = json.loads(line)
+        if "error" in reply:
+            raise WorkerError(f"benchmark worker for {self.path}: {reply['error']}")
+        return reply
+
+    def ask(self, **command) -> dict:
+        self.proc.stdin.write(json.dumps(command) + "\n")
+        self.proc.stdin.flush()
+        return self._read()
+
+    def close(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            try:
+                self.ask(op="quit")
+                self.proc.wait(timeout=30)
+            except (WorkerError, OSError, subprocess.TimeoutExpired, ValueError):
+                self.proc.kill()
+        for stream in (self.proc.stdin, self.proc.stdout) if self.proc else ():
+            if stream:
+                stream.close()
+
+
+def interleave(workers: list[Worker], *, min_runs: int = 30, max_runs: int = 2000, max_seconds: float = 30.0,
+               rel_ci: float = 0.01, burst: int = 1, seed: int = 0, progress=None) -> float:
+    """Time every worker round by round until each median is stable or a bound is hit; returns seconds spent."""
     rng = np.random.default_rng(seed)
-    for r in range(warmup + rounds):
-        rng.shuffle(order)  # no file always runs right after the same neighbour
-        for path in order:
-            predict, x = predictors[path]
-            start = time.perf_counter()
-            predict(x)
-            if r >= warmup:
-                times[path].append(time.perf_counter() - start)
-    return {str(p): {"median_ms": round(float(np.median(t)) * 1e3, 4),
-                     "p90_ms": round(float(np.percentile(t, 90)) * 1e3, 4), "runs": len(t)} for p, t in times.items()}
-
-
-def _input_for(path: Path) -> np.ndarray:
-    """A raw-pixel image of the file's own input size (the contract: float32 RGB in [0, 255])."""
-    if path.suffix == ".tflite":
-        from ai_edge_litert.interpreter import Interpreter
-
-        shape = Interpreter(model_path=str(path)).get_input_details()[0]["shape"]
-    else:
-        import onnx
-
-        dims = onnx.load(str(path)).graph.input[0].type.tensor_type.shape.dim
-        shape = [d.dim_value or 1 for d in dims]
-    side = int(shape[1])
-    return np.random.default_rng(0).integers(0, 256, (1, side, side, 3)).astype(np.float32)
+    order = list(workers)
+    started = time.perf_counter()
+    while True:
+        rng.shuffle(order)
+        for worker in order:
+            worker.times.extend(worker.ask(op="time", n=burst)["times_ms"])
+        elapsed = time.perf_counter() - started
+        runs = min(len(w.times) for w in workers)
+        if progress is not None:
+            progress(elapsed, runs)
+        if runs >= max_runs or elapsed >= max_seconds:
+            return elapsed
+        if runs >= min_runs and all(relative_ci(summarize(w.times)) <= rel_ci for w in workers):
+            return elapsed
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.latency", description=__doc__.split("\n\n")[0])
     parser.add_argument("files", nargs="+", type=Path)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--rounds", type=int, default=200)
+    parser.add_argument("--max-seconds", type=float, default=20.0)
+    parser.add_argument("--max-runs", type=int, default=2000)
     args = parser.parse_args(argv)
     missing = [str(p) for p in args.files if not p.is_file() or p.suffix not in RUNTIME_BY_SUFFIX]
     if missing:
         print(f"error: not a .tflite/.onnx/.keras file: {', '.join(missing)}", file=sys.stderr)
         return 2
-    print(json.dumps(interleaved_medians(args.files, args.threads, args.rounds), indent=2))
+    import tempfile
+
+    from benchmarks.inputs import input_size, write_inputs
+
+    with tempfile.TemporaryDirectory() as tmp:
+        inputs = write_inputs(Path(tmp) / "inputs.npz", None, sizes={input_size(p) for p in args.files})
+        workers = [Worker(str(p), p, RUNTIME_BY_SUFFIX[p.suffix], args.threads, inputs, Path(tmp) / f"{i}.log")
+                   for i, p in enumerate(args.files)]
+        try:
+            for w in workers:
+                w.start()
+            interleave(workers, max_seconds=args.max_seconds, max_runs=args.max_runs)
+        finally:
+            for w in workers:
+                w.close()
+    print(json.dumps({w.key: summarize(w.times) for w in workers}, indent=2))
     return 0
 
 

@@ -1,91 +1,155 @@
-"""Load an exported file in the runtime that ships it and run it on a batch of images."""
+"""Load an exported file in the runtime that ships it and run it on images.
+
+A :class:`Session` separates the two things a benchmark must keep apart:
+``prepare`` turns raw RGB pixels into what the file takes (quantized bytes for
+a full-integer TFLite file), and ``invoke`` is the single call an app makes per
+frame. ``predict`` does both, for accuracy runs.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
+
+RUNTIMES = ("litert", "onnxruntime", "keras")
+RUNTIME_BY_SUFFIX = {".tflite": "litert", ".onnx": "onnxruntime", ".keras": "keras"}
+
+
+class Session:
+    """One loaded model on one runtime, at a fixed thread count."""
+
+    def prepare(self, images: np.ndarray) -> Any:
+        """Raw float32 RGB pixels ``[n, S, S, 3]`` -> the runtime's own input for them."""
+        raise NotImplementedError
+
+    def invoke(self, feed: Any) -> np.ndarray:
+        """One call of the model on a prepared input; returns its raw output."""
+        raise NotImplementedError
+
+    def probabilities(self, raw: np.ndarray) -> np.ndarray:
+        return np.asarray(raw, dtype=np.float32)
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        return self.probabilities(self.invoke(self.prepare(images)))
+
+    @property
+    def input_size(self) -> int:
+        raise NotImplementedError
+
+
+def open_session(path: Path, runtime: str, threads: int = 1) -> Session:
+    path = Path(path)
+    if runtime == "litert":
+        return LiteRTSession(path, threads)
+    if runtime == "onnxruntime":
+        return OnnxSession(path, threads)
+    if runtime == "keras":
+        return KerasSession(path)
+    raise ValueError(f"unknown runtime {runtime!r}; valid runtimes: {', '.join(RUNTIMES)}")
 
 
 def load_predictor(path: Path, runtime: str, threads: int = 1) -> Callable[[np.ndarray], np.ndarray]:
     """Return ``predict(images_float32_nhwc) -> probabilities`` for ``path`` on ``runtime``."""
-    path = Path(path)
-    if runtime == "litert":
-        return _litert(path, threads)
-    if runtime == "onnxruntime":
-        return _onnxruntime(path, threads)
-    if runtime == "keras":
-        return _keras(path)
-    raise ValueError(f"unknown runtime {runtime!r}")
+    return open_session(path, runtime, threads).predict
 
 
-def _litert(path: Path, threads: int):
-    # ai-edge-litert is the LiteRT runtime that ships on phones; tf.lite.Interpreter is deprecated.
-    from ai_edge_litert.interpreter import Interpreter
+class LiteRTSession(Session):
+    def __init__(self, path: Path, threads: int):
+        # ai-edge-litert is the LiteRT runtime that ships on phones; tf.lite.Interpreter is deprecated.
+        from ai_edge_litert.interpreter import Interpreter
 
-    from exporters.tflite import raw_pixel_offset
+        from exporters.tflite import raw_pixel_offset
 
-    interpreter = Interpreter(model_path=str(path), num_threads=threads)
-    interpreter.allocate_tensors()
-    inp = interpreter.get_input_details()[0]
-    out = interpreter.get_output_details()[0]
+        self.interpreter = Interpreter(model_path=str(path), num_threads=threads)
+        self.interpreter.allocate_tensors()
+        self.inp = self.interpreter.get_input_details()[0]
+        self.out = self.interpreter.get_output_details()[0]
+        self.quantized_in = np.issubdtype(self.inp["dtype"], np.integer)
+        self.quantized_out = np.issubdtype(self.out["dtype"], np.integer)
+        # Our integer-input files take the camera byte itself (plus an offset for int8),
+        # whatever normalization their input quantization carries; others (e.g. older
+        # exports, published reference files) take pixels quantized with the file's own
+        # scale and zero point.
+        self.pixel_offset = raw_pixel_offset(path) if self.quantized_in else None
 
-    in_scale, in_zero = inp["quantization"]
-    out_scale, out_zero = out["quantization"]
-    quantized_in = np.issubdtype(inp["dtype"], np.integer)
-    quantized_out = np.issubdtype(out["dtype"], np.integer)
-    # Our integer-input files take the camera byte itself (plus an offset for int8),
-    # whatever normalization their input quantization carries; others (e.g. older
-    # exports) take pixels quantized with the file's own scale and zero point.
-    pixel_offset = raw_pixel_offset(path) if quantized_in else None
+    @property
+    def input_size(self) -> int:
+        return int(self.inp["shape"][1])
 
-    def to_input(x: np.ndarray) -> np.ndarray:
-        if not quantized_in:
+    def prepare(self, images: np.ndarray) -> np.ndarray:
+        x = np.asarray(images, dtype=np.float32)
+        if not self.quantized_in:
             return x
-        info = np.iinfo(inp["dtype"])
-        if pixel_offset is not None:
-            x = np.round(x) + pixel_offset
-        else:
-            x = np.round(x / in_scale + in_zero)
-        return np.clip(x, info.min, info.max).astype(inp["dtype"])
+        scale, zero = self.inp["quantization"]
+        info = np.iinfo(self.inp["dtype"])
+        x = np.round(x) + self.pixel_offset if self.pixel_offset is not None else np.round(x / scale + zero)
+        return np.clip(x, info.min, info.max).astype(self.inp["dtype"])
 
-    def predict(images: np.ndarray) -> np.ndarray:
+    def invoke(self, feed: np.ndarray) -> np.ndarray:
         # One image at a time, the way a phone app calls it.
         results = []
-        for image in images:
-            interpreter.set_tensor(inp["index"], to_input(image[None]))
-            interpreter.invoke()
-            y = interpreter.get_tensor(out["index"])[0]
-            if quantized_out:
-                y = (y.astype(np.float32) - out_zero) * out_scale
-            results.append(y.astype(np.float32))
+        for image in feed:
+            self.interpreter.set_tensor(self.inp["index"], image[None])
+            self.interpreter.invoke()
+            results.append(self.interpreter.get_tensor(self.out["index"])[0])
         return np.stack(results)
 
-    return predict
+    def probabilities(self, raw: np.ndarray) -> np.ndarray:
+        if self.quantized_out:
+            scale, zero = self.out["quantization"]
+            return ((raw.astype(np.float32) - zero) * scale).astype(np.float32)
+        return raw.astype(np.float32)
 
 
-def _onnxruntime(path: Path, threads: int):
-    import onnxruntime as ort
+class OnnxSession(Session):
+    def __init__(self, path: Path, threads: int, batch: int = 32):
+        import onnxruntime as ort
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.input = self.session.get_inputs()[0]
+        self.batch = batch
 
-    def predict(images: np.ndarray, batch: int = 32) -> np.ndarray:
-        parts = [session.run(None, {name: images[i:i + batch].astype(np.float32)})[0] for i in range(0, len(images), batch)]
-        return np.concatenate(parts).astype(np.float32)
+    @property
+    def input_size(self) -> int:
+        return int(self.input.shape[1])
 
-    return predict
+    def prepare(self, images: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(images, dtype=np.float32)
+
+    def invoke(self, feed: np.ndarray) -> np.ndarray:
+        parts = [self.session.run(None, {self.input.name: feed[i:i + self.batch]})[0]
+                 for i in range(0, len(feed), self.batch)]
+        return np.concatenate(parts)
 
 
-def _keras(path: Path):
-    from pipeline.models import compiled_predictor
-    from pipeline.stages.finetune import load_model
+class KerasSession(Session):
+    """The Keras model as a compiled ``tf.function`` (not ``model.predict``, whose per-call overhead is not the model's)."""
 
-    return compiled_predictor(load_model(path))
+    def __init__(self, path: Path, batch: int = 64):
+        import tensorflow as tf
+
+        from pipeline.stages.finetune import load_model
+
+        self.tf = tf
+        self.model = load_model(path)
+        self.fn = tf.function(lambda x: self.model(x, training=False), reduce_retracing=True)
+        self.batch = batch
+
+    @property
+    def input_size(self) -> int:
+        return int(self.model.input_shape[1])
+
+    def prepare(self, images: np.ndarray):
+        return self.tf.constant(np.asarray(images, dtype=np.float32))
+
+    def invoke(self, feed) -> np.ndarray:
+        parts = [self.fn(feed[i:i + self.batch]).numpy() for i in range(0, int(feed.shape[0]), self.batch)]
+        return np.concatenate(parts)
 
 
 def median_latency_ms(predict: Callable[[np.ndarray], np.ndarray], sample: np.ndarray, runs: int,

@@ -20,11 +20,15 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    for name, text in (("run", "run every stage that is not up to date"), ("status", "show which stages are up to date")):
+    for name, text in (("run", "run every stage that is not up to date"), ("status", "show which stages are up to date"),
+                       ("path", "print the build folder of this config (build/<name>)")):
         p = sub.add_parser(name, help=text)
         p.add_argument("--config", required=True, help="pipeline YAML file, e.g. configs/quickstart.yaml")
         p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                        help="override one config key (repeatable), e.g. --set train.head_epochs=3")
+        if name == "run":
+            p.add_argument("--force", action="append", default=[], metavar="STAGE",
+                           help="run this stage even if it is up to date (repeatable), e.g. --force bench")
     return parser
 
 
@@ -37,6 +41,9 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(args.config, args.overrides)
         from pipeline import runner
 
+        if args.command == "path":
+            print(cfg.build_root)
+            return 0
         if args.command == "status":
             for stage, reason in runner.status(cfg):
                 print(f"{stage:<10} {'up to date' if reason is None else 'stale: ' + reason}")
@@ -44,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{stage:<10} not needed: {reason}")
             return 0
         check_paths(cfg, args.config)
-        ran = runner.run(cfg, args.config)
+        ran = runner.run(cfg, args.config, force=tuple(args.force))
         print(f"{cfg.build_root}: ran {', '.join(ran) if ran else 'no stage (everything up to date)'}")
         return 0
     except PipelineError as exc:

@@ -179,6 +179,37 @@ class ExportConfig(_Section):
         return v
 
 
+class BenchmarkConfig(_Section):
+    """The bench stage: every published file on each target profile, against the Keras model."""
+
+    # Profile names from targets_file; an empty list turns the bench stage off.
+    targets: tuple[str, ...] = ("phone-big", "phone-little", "edge-box")
+    targets_file: str = "configs/targets.yaml"
+    # Published files benchmarked beside ours on the same profiles (latency, size,
+    # memory; their accuracy is not measured: their labels are not ours).
+    reference_models: tuple[str, ...] = ()
+    # Timing stops when every median's 95% interval is within rel_ci of it (after
+    # min_runs), or at max_runs, or after max_seconds per target.
+    min_runs: int = Field(default=50, ge=5)
+    max_runs: int = Field(default=3000, ge=5)
+    max_seconds: float = Field(default=30.0, gt=0)
+    rel_ci: float = Field(default=0.01, gt=0, lt=1)
+    # Timed calls per worker per round (each round starts with one untimed call).
+    burst: int = Field(default=3, ge=1, le=100)
+    # Test images for the per-target accuracy; None = the whole test split.
+    accuracy_images: Optional[int] = Field(default=None, ge=1)
+    # Seconds of GEMM per thread count for the host's measured peak.
+    peak_seconds: float = Field(default=0.5, gt=0, le=30)
+
+    @model_validator(mode="after")
+    def _runs(self) -> "BenchmarkConfig":
+        if self.min_runs > self.max_runs:
+            raise ValueError("benchmark.min_runs must not exceed benchmark.max_runs")
+        if len(set(self.targets)) != len(self.targets):
+            raise ValueError("benchmark.targets lists a target twice")
+        return self
+
+
 class Config(_Section):
     name: str
     build_dir: str = "build"
@@ -187,6 +218,7 @@ class Config(_Section):
     train: TrainConfig = TrainConfig()
     optimize: OptimizeConfig = OptimizeConfig()
     export: ExportConfig = ExportConfig()
+    benchmark: BenchmarkConfig = BenchmarkConfig()
 
     @field_validator("name")
     @classmethod
@@ -279,7 +311,7 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        raise ConfigError(f"{source} must be a YAML mapping of sections (name, data, model, train, optimize, export).")
+        raise ConfigError(f"{source} must be a YAML mapping of sections (name, data, model, train, optimize, export, benchmark).")
     for text_override in overrides:
         keys, value = parse_override(text_override)
         _apply_override(raw, keys, value, source)

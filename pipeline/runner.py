@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Optional
 
 from pipeline.config import Config
+from pipeline.errors import ConfigError
 from pipeline.io import sha256_file, write_json
 from pipeline.stages import Stage, all_stages
 
@@ -127,17 +128,27 @@ def not_needed(cfg: Config) -> list[tuple[str, str]]:
             if stage.not_needed and stage.not_needed(cfg)]
 
 
-def run(cfg: Config, config_source: str) -> list[str]:
-    """Run every stale stage; return the names of the stages that ran."""
+def run(cfg: Config, config_source: str, force: tuple[str, ...] = ()) -> list[str]:
+    """Run every stale stage, and the ``force``d ones; return the names of the stages that ran."""
+    stages = all_stages()
+    known = [stage.name for stage, _ in stages]
+    for name in force:
+        if name not in known:
+            raise ConfigError(f"--force {name}: no such stage; stages are {', '.join(known)}.")
+        stage = next(s for s, _ in stages if s.name == name)
+        if stage.not_needed and stage.not_needed(cfg):
+            raise ConfigError(f"--force {name}: the stage is not needed for this config ({stage.not_needed(cfg)}).")
     root = cfg.build_root
     root.mkdir(parents=True, exist_ok=True)
     ran: list[str] = []
-    for stage, run_stage in all_stages():
+    for stage, run_stage in stages:
         skip = stage.not_needed(cfg) if stage.not_needed else None
         if skip:
             log.info("[%s] not needed: %s", stage.name, skip)
             continue
         reason = why_stale(stage, cfg, root)
+        if reason is None and stage.name in force:
+            reason = "forced"
         if reason is None:
             log.info("[%s] up to date, skipped", stage.name)
             continue

@@ -60,6 +60,7 @@ def write_config(path: Path, **sections) -> Path:
         "train": {"batch_size": 16, "head_epochs": 1, "head_lr": 0.01, "fine_tune_epochs": 1,
                   "fine_tune_lr": 0.01, "fine_tune_at": 1.0, "freeze_batchnorm": False, "batchnorm_momentum": 0.9},
         "export": {"formats": ["keras", "tflite-fp32", "onnx-fp32"], "latency_runs": 5},
+        "benchmark": {"targets": []},  # the bench stage has its own tests (test_bench.py)
     }
     for key, value in sections.items():
         cfg[key] = value

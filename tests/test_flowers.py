@@ -19,7 +19,7 @@ def test_flowers_fine_tune_beats_linear_probe_and_exports_agree(tmp_path, monkey
     config = REPO / "configs/flowers.yaml"
     cfg = load_config(config, [f"build_dir={tmp_path}"])
     assert runner.run(cfg, str(config)) == ["data", "finetune", "optimize", "export"]
-    results = json.loads((cfg.build_root / "bench/results.json").read_text())
+    results = json.loads((cfg.build_root / "export/results.json").read_text())
     fine_tuned = results["reference"]["accuracy"]["top1"]
     baseline = probe(cfg)["test_top1"]
     assert fine_tuned >= baseline + 0.05, (fine_tuned, baseline)

@@ -110,7 +110,7 @@ def test_optimize_stage_prunes_and_quantizes_into_published_files(tmp_path):
     )
     cfg = load_config(path)
     assert runner.run(cfg, str(path)) == ["data", "finetune", "optimize", "export"]
-    results = json.loads((cfg.build_root / "bench/results.json").read_text())
+    results = json.loads((cfg.build_root / "export/results.json").read_text())
     by_format = {a["format"]: a for a in results["artifacts"]}
     for fmt in ("tflite-qat-int8", "tflite-pruned-int8"):
         entry = by_format[fmt]

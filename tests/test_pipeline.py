@@ -17,7 +17,7 @@ RESULT_KEYS = {"name", "format", "file", "bytes", "gzip_bytes", "accuracy", "val
 
 
 def _results(cfg) -> dict:
-    return json.loads((cfg.build_root / "bench/results.json").read_text())
+    return json.loads((cfg.build_root / "export/results.json").read_text())
 
 
 def test_digits_lifecycle_exports_validates_and_caches(tmp_path):

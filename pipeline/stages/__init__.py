@@ -33,6 +33,6 @@ class Stage:
 
 def all_stages():
     """(Stage, run) pairs in order; imported lazily so `import pipeline` stays cheap."""
-    from pipeline.stages import data, export, finetune, optimize
+    from pipeline.stages import bench, data, export, finetune, optimize
 
-    return [(m.STAGE, m.run) for m in (data, finetune, optimize, export)]
+    return [(m.STAGE, m.run) for m in (data, finetune, optimize, export, bench)]

@@ -3,7 +3,7 @@
 Each file is written to ``export/staging/``, loaded in its real runtime, run on
 the real test split and compared with the Keras model. Only a file within its
 budget is moved into ``artifacts/``; one that fails stays in staging for
-inspection, every result is still written to ``bench/results.json``, and the
+inspection, every result is still written to ``export/results.json``, and the
 run then fails naming each rejected file.
 """
 
@@ -194,7 +194,7 @@ def run(cfg: Config, ctx) -> None:
     report = ctx.path("optimize/report.json")
     if optimize.needed_models(cfg) and report.exists():
         results["optimize"] = json.loads(report.read_text())
-    results_path = ctx.path("bench/results.json")
+    results_path = ctx.path("export/results.json")
     write_json(results_path, results)
     if rejected:
         # results.json is written, but no stamp: the next run tries the export again.

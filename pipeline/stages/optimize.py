@@ -11,7 +11,7 @@ It makes only what ``export.formats`` asks for:
 Every model starts from ``finetune/model.keras`` and trains on the same
 training split and augmentation. Per-layer sparsity, validation accuracy and
 timings go to ``optimize/report.json``; the export stage copies them into
-``bench/results.json``.
+``export/results.json``.
 """
 
 from __future__ import annotations

@@ -1,0 +1,123 @@
+"""CI gate: compare a build's ``bench/results.json`` with a baseline one; exit 1 on a regression.
+
+    python -m benchmarks.gate --baseline path/to/baseline/results.json [--results build/<name>/bench/results.json]
+
+For every file benchmarked on a target in both runs:
+
+- accuracy: its test top-1 may not fall by more than the target's
+  ``regression.accuracy_pp`` percentage points;
+- latency: its p50 *ratio to the Keras model measured in the same run* may
+  not rise by more than ``regression.latency_pct`` percent **and** by more
+  than the noise both runs measured (the half-widths of the 95% intervals of
+  the medians involved). Ratios, not milliseconds, so a baseline from a faster
+  or slower CI machine still applies.
+
+A file or target in the baseline that the new run lacks is a regression too.
+With ``--budgets`` the new run's own target budget failures also fail the gate.
+Exit codes: 0 pass, 1 regression, 2 unusable input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+class GateInputError(Exception):
+    pass
+
+
+def _load(path: Path, what: str) -> dict:
+    try:
+        results = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise GateInputError(f"{what} {path} does not exist; "
+                             + ("run `make bench` first." if what == "results" else "pass the results.json of an earlier run."))
+    except json.JSONDecodeError as exc:
+        raise GateInputError(f"{what} {path} is not JSON ({exc.msg} at line {exc.lineno}).")
+    if not isinstance(results, dict) or "benchmark" not in results:
+        raise GateInputError(f"{what} {path} has no benchmark section; it must be a bench/results.json of `make bench`.")
+    return results
+
+
+def _rows(results: dict) -> dict[tuple[str, str], dict]:
+    return {(r["target"], r["artifact"]): r for r in results["benchmark"]["rows"]}
+
+
+def _keras(rows: dict, target: str) -> dict:
+    return rows[(target, "keras")]
+
+
+def _ratio_noise(row: dict, keras: dict) -> float:
+    """Relative noise of the ratio: the artifact's and the Keras model's median intervals, added."""
+    return row["noise"] + keras["noise"]
+
+
+def compare(baseline: dict, current: dict, check_budgets: bool = False) -> list[str]:
+    """One line per regression (empty: the gate passes)."""
+    base_rows, cur_rows = _rows(baseline), _rows(current)
+    regression = {t["name"]: t["regression"] for t in current["benchmark"]["targets"]}
+    failures = []
+    for (target, artifact), base in sorted(base_rows.items()):
+        if artifact == "keras":
+            continue
+        cur = cur_rows.get((target, artifact))
+        if cur is None:
+            missing = "target" if target not in regression else "file"
+            failures.append(f"{artifact} on {target}: benchmarked in the baseline, missing now (the {missing} is gone)")
+            continue
+        budget = regression[target]
+        if base.get("accuracy") and cur.get("accuracy"):
+            drop = 100 * (base["accuracy"]["top1"] - cur["accuracy"]["top1"])
+            if drop > budget["accuracy_pp"]:
+                failures.append(f"{artifact} on {target}: top-1 {base['accuracy']['top1']:.4f} -> "
+                                f"{cur['accuracy']['top1']:.4f} ({-drop:+.2f} pp, budget -{budget['accuracy_pp']:g} pp)")
+        base_ratio, cur_ratio = base["ratio_to_keras"]["p50"], cur["ratio_to_keras"]["p50"]
+        rise = cur_ratio / base_ratio - 1
+        noise = _ratio_noise(base, _keras(base_rows, target)) + _ratio_noise(cur, _keras(cur_rows, target))
+        if rise > budget["latency_pct"] / 100 and rise > noise:
+            failures.append(f"{artifact} on {target}: p50 latency ratio to Keras {base_ratio:.3f} -> {cur_ratio:.3f} "
+                            f"({100 * rise:+.1f}%, budget +{budget['latency_pct']:g}%, measured noise ±{100 * noise:.1f}%)")
+    if check_budgets:
+        failures += [f"{f['artifact']} on {f['target']}: over budget: {'; '.join(f['reasons'])}"
+                     for f in current["benchmark"]["failures"]]
+    return failures
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.gate", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--baseline", type=Path, required=True, help="bench/results.json of the accepted run")
+    parser.add_argument("--results", type=Path, help="bench/results.json of the new run")
+    parser.add_argument("--config", help="pipeline config: its build's bench/results.json is the new run")
+    parser.add_argument("--budgets", action="store_true", help="also fail on the new run's target budget failures")
+    args = parser.parse_args(argv)
+    try:
+        if args.results is None:
+            if not args.config:
+                raise GateInputError("pass --results path/to/bench/results.json or --config CONFIG.")
+            from pipeline.config import load_config
+            from pipeline.errors import ConfigError
+
+            try:
+                args.results = load_config(args.config).build_root / "bench/results.json"
+            except ConfigError as exc:
+                raise GateInputError(str(exc))
+        baseline, current = _load(args.baseline, "baseline"), _load(args.results, "results")
+    except GateInputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    failures = compare(baseline, current, args.budgets)
+    checked = sum(1 for key in _rows(baseline) if key[1] != "keras")
+    if failures:
+        print(f"gate FAILED: {len(failures)} regression(s) against {args.baseline}:")
+        for line in failures:
+            print(f"  {line}")
+        return 1
+    print(f"gate passed: {checked} file x target results within budget of {args.baseline}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,282 @@
+"""Render ``bench/results.json`` as ``report/report.md`` (a PR comment) and ``report/report.html`` (with plots).
+
+    python -m benchmarks.report build/<name>/bench/results.json [--out build/<name>/report]
+
+The markdown says, in order: which file to ship per target, what failed its
+budget, then one table per target. The HTML adds the plots: accuracy against
+latency per target with the Pareto front (marker area = file size), file
+sizes before and after gzip, and the confusion matrix of each target's best
+file. Plots are PNG files beside the report, also inlined so the HTML is one
+self-contained file to attach to a CI run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import html
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+MIB = 1024 * 1024
+
+
+def _mib(n: Optional[float]) -> str:
+    return "–" if n is None else f"{n / MIB:.2f}"
+
+
+def _num(x: Optional[float], fmt: str = "{:.2f}") -> str:
+    return "–" if x is None else fmt.format(x)
+
+
+def _pct(x: Optional[float]) -> str:
+    return "–" if x is None else f"{100 * x:.1f}%"
+
+
+def _label(row: dict) -> str:
+    return row["artifact"] if row["origin"] != "reference" else f"{row['name']} (reference)"
+
+
+COLUMNS = ("file", "size MiB", "gzip MiB", "top-1", "Δ pp", "p50 ms", "p90 ms", "p99 ms", "×Keras p50",
+           "load ms", "1st run ms", "peak RSS MiB", "GMAC/s", "% of peak", "budget")
+
+
+def _cells(row: dict) -> list[str]:
+    acc, eff, lat = row["accuracy"], row["efficiency"], row["latency_ms"]
+    budget = "–" if row["budget"] is None else ("ok" if row["budget"]["passed"] else "FAIL: " + "; ".join(row["budget"]["failures"]))
+    return [
+        _label(row), _mib(row["bytes"]), _mib(row["gzip_bytes"]),
+        _num(acc["top1"], "{:.4f}") if acc else "n/a", _num(acc["delta_pp"], "{:+.2f}") if acc else "n/a",
+        _num(lat["p50"], "{:.3f}"), _num(lat["p90"], "{:.3f}"), _num(lat["p99"], "{:.3f}"),
+        _num(row["ratio_to_keras"].get("p50"), "{:.3f}"),
+        _num(row["cold_start"]["load_ms"], "{:.1f}"), _num(row["cold_start"]["first_inference_ms"], "{:.1f}"),
+        _num(row["memory"]["peak_rss_mb"], "{:.0f}"),
+        _num(eff["gmacs_per_s"], "{:.1f}") if eff else "–", _pct(eff["fraction_of_peak"]) if eff else "–",
+        budget,
+    ]
+
+
+def _rows_by_target(results: dict) -> dict[str, list[dict]]:
+    out: dict[str, list[dict]] = {t["name"]: [] for t in results["benchmark"]["targets"]}
+    for row in results["benchmark"]["rows"]:
+        out[row["target"]].append(row)
+    for rows in out.values():
+        rows.sort(key=lambda r: r["latency_ms"]["p50"])
+    return out
+
+
+def _target_heading(t: dict) -> str:
+    threads = f"{t['threads']} thread{'s' if t['threads'] != 1 else ''}"
+    note = f" ({t['note']})" if t.get("note") else ""
+    return f"{t['name']}: {t['description']} — {t['runtime']}, {threads}{note}"
+
+
+def _best_row(rows: list[dict], best: Optional[str]) -> Optional[dict]:
+    return next((r for r in rows if r["artifact"] == best), None)
+
+
+def _best_cells(bench: dict, by_target: dict) -> list[list[str]]:
+    out = []
+    for t in bench["targets"]:
+        row = _best_row(by_target[t["name"]], t["best"])
+        if row is None:
+            out.append([t["name"], "none meets the budgets", "", "", "", ""])
+        else:
+            out.append([t["name"], row["artifact"], f"{row['latency_ms']['p50']:.3f}", f"{row['ratio_to_keras']['p50']:.3f}",
+                        f"{row['accuracy']['top1']:.4f}", _mib(row["bytes"])])
+    return out
+
+
+def markdown(results: dict) -> str:
+    bench = results["benchmark"]
+    host = bench["host"]
+    by_target = _rows_by_target(results)
+    ref = results["reference"]["accuracy"]["top1"]
+    lines = [
+        f"# Benchmark: {results['name']}",
+        "",
+        f"Host: {host['cpu'] or host['machine']}, {host['cpus']} cores ({host['system']}). "
+        f"Not the target device: latencies are this host's; ratios to the Keras model carry across machines.",
+        f"Keras fp32 model: test top-1 {ref:.4f} on {bench['accuracy_images']} images. "
+        f"Benchmark took {bench['seconds']:.0f} s.",
+        "",
+        "## Best file per target",
+        "",
+        "| target | best file | p50 ms | ×Keras | top-1 | size MiB |",
+        "|---|---|---|---|---|---|",
+    ]
+    lines += ["| " + " | ".join(cells) + " |" for cells in _best_cells(bench, by_target)]
+    lines += ["", "## Over budget", ""]
+    if bench["failures"]:
+        lines += [f"- **{f['artifact']}** on {f['target']}: {'; '.join(f['reasons'])}" for f in bench["failures"]]
+    else:
+        lines.append("Every file meets every budget of its targets.")
+    for t in bench["targets"]:
+        lines += ["", f"## {_target_heading(t)}", "", "| " + " | ".join(COLUMNS) + " |",
+                  "|" + "---|" * len(COLUMNS)]
+        lines += ["| " + " | ".join(_cells(r)) + " |" for r in by_target[t["name"]]]
+    lines += ["", "p50/p90/p99: single-image latency percentiles; ×Keras: ratio to the Keras model (compiled "
+              "tf.function, batch 1) timed in the same run; % of peak: achieved multiply-accumulates per second "
+              "against this host's measured GEMM peak at the same thread count (int8 peak for full-integer files). "
+              "Reference rows are published files with other labels: no accuracy.", ""]
+    return "\n".join(lines)
+
+
+def _pareto(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of points no other point beats on both latency (lower) and accuracy (higher), by latency."""
+    order = sorted(range(len(points)), key=lambda i: (points[i][0], -points[i][1]))
+    front, best_acc = [], -1.0
+    for i in order:
+        if points[i][1] > best_acc:
+            front.append(i)
+            best_acc = points[i][1]
+    return front
+
+
+def plots(results: dict, out: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on CI machines
+    import matplotlib.pyplot as plt
+
+    bench = results["benchmark"]
+    by_target = _rows_by_target(results)
+    paths = []
+    for t in bench["targets"]:
+        rows = [r for r in by_target[t["name"]] if r["accuracy"]]
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        pts = [(r["latency_ms"]["p50"], r["accuracy"]["top1"]) for r in rows]
+        sizes = [max(r["bytes"] / MIB, 0.2) * 40 for r in rows]
+        colours = ["tab:gray" if r["origin"] == "keras" else ("tab:green" if r["budget"]["passed"] else "tab:red")
+                   for r in rows]
+        ax.scatter([p[0] for p in pts], [p[1] for p in pts], s=sizes, c=colours, alpha=0.6, edgecolors="black")
+        for r, (x, y) in zip(rows, pts):
+            ax.annotate(r["artifact"], (x, y), textcoords="offset points", xytext=(6, 4), fontsize=8)
+        front = _pareto(pts)
+        ax.plot([pts[i][0] for i in front], [pts[i][1] for i in front], "--", color="tab:blue", label="Pareto front")
+        ax.set_xscale("log")  # the Keras model is often 10-100x slower than the files
+        ax.set_xlabel("p50 latency, ms (this host, log scale)")
+        ax.set_ylabel("test top-1")
+        ax.set_title(f"{t['name']}: accuracy vs latency (area = file size)")
+        ax.legend(loc="lower right", fontsize=8)
+        ax.grid(alpha=0.3)
+        paths.append(_save(fig, out / f"tradeoff_{t['name']}.png"))
+
+    files = {}
+    for r in bench["rows"]:
+        files.setdefault(_label(r), (r["bytes"], r["gzip_bytes"]))
+    names = sorted(files, key=lambda n: files[n][0])
+    fig, ax = plt.subplots(figsize=(7, 0.45 * len(names) + 1.2))
+    ys = range(len(names))
+    ax.barh([y + 0.2 for y in ys], [files[n][0] / MIB for n in names], height=0.4, label="file")
+    ax.barh([y - 0.2 for y in ys], [files[n][1] / MIB for n in names], height=0.4, label="gzip -9")
+    ax.set_yticks(list(ys), names, fontsize=8)
+    ax.set_xlabel("MiB")
+    ax.set_title("Size on disk and after gzip")
+    ax.legend(fontsize=8)
+    ax.grid(axis="x", alpha=0.3)
+    paths.append(_save(fig, out / "sizes.png"))
+
+    classes = results["dataset"]["classes"]
+    for t in bench["targets"]:
+        row = _best_row(by_target[t["name"]], t["best"])
+        if row is None:
+            continue
+        cm = row["accuracy"]["confusion"]
+        side = min(0.45 * len(classes) + 2.5, 7.0)
+        fig, ax = plt.subplots(figsize=(side + 0.5, side))
+        ax.imshow(cm, cmap="Blues")
+        for i, line in enumerate(cm):
+            for j, v in enumerate(line):
+                ax.text(j, i, str(v), ha="center", va="center", fontsize=8)
+        ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right", fontsize=8)
+        ax.set_yticks(range(len(classes)), classes, fontsize=8)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        ax.set_title(f"{t['name']}: {row['artifact']}")
+        paths.append(_save(fig, out / f"confusion_{t['name']}.png"))
+    return paths
+
+
+def _save(fig, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def html_page(results: dict, images: list[Path]) -> str:
+    bench = results["benchmark"]
+    by_target = _rows_by_target(results)
+    esc = html.escape
+    parts = [
+        "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
+        f"<title>Benchmark: {esc(results['name'])}</title>",
+        "<style>body{font-family:system-ui,sans-serif;margin:2em;max-width:1400px}"
+        "table{border-collapse:collapse;margin:1em 0;font-size:13px}td,th{border:1px solid #ccc;padding:3px 6px;"
+        "text-align:right}td:first-child,th:first-child{text-align:left}tr.fail td{background:#fde2e2}"
+        "tr.reference td{color:#555;font-style:italic}tr.keras td{background:#eef}img.plot{max-width:49%;max-height:520px;margin:.5em 0;vertical-align:top}"
+        "</style></head><body>",
+    ]
+    md = markdown(results).split("\n")
+    parts.append(f"<h1>{esc(md[0][2:])}</h1><p>{esc(md[2])}<br>{esc(md[3])}</p>")
+    parts.append("<h2>Best file per target</h2><table id='best'><tr><th>target</th><th>best file</th>"
+                 "<th>p50 ms</th><th>×Keras</th><th>top-1</th><th>size MiB</th></tr>")
+    parts += ["<tr>" + "".join(f"<td>{esc(c)}</td>" for c in cells) + "</tr>" for cells in _best_cells(bench, by_target)]
+    parts.append("</table><h2>Over budget</h2>")
+    if bench["failures"]:
+        parts.append("<ul>" + "".join(f"<li><b>{esc(f['artifact'])}</b> on {esc(f['target'])}: "
+                                      f"{esc('; '.join(f['reasons']))}</li>" for f in bench["failures"]) + "</ul>")
+    else:
+        parts.append("<p>Every file meets every budget of its targets.</p>")
+    inline = {p.name: base64.b64encode(p.read_bytes()).decode() for p in images}
+    for t in bench["targets"]:
+        parts.append(f"<h2>{esc(_target_heading(t))}</h2>")
+        parts.append("<table class='results'><tr>" + "".join(f"<th>{esc(c)}</th>" for c in COLUMNS) + "</tr>")
+        for r in by_target[t["name"]]:
+            cls = r["origin"] if r["origin"] != "build" else ("fail" if not r["budget"]["passed"] else "ok")
+            parts.append(f"<tr class='{cls}'>" + "".join(f"<td>{esc(c)}</td>" for c in _cells(r)) + "</tr>")
+        parts.append("</table>")
+        for name in (f"tradeoff_{t['name']}.png", f"confusion_{t['name']}.png"):
+            if name in inline:
+                parts.append(f"<img class='plot' alt='{esc(name)}' src='data:image/png;base64,{inline[name]}'>")
+    if "sizes.png" in inline:
+        parts.append(f"<h2>Sizes</h2><img class='plot' alt='sizes.png' src='data:image/png;base64,{inline['sizes.png']}'>")
+    parts.append(f"<p>{esc(md[-2])}</p></body></html>")
+    return "\n".join(parts)
+
+
+def render(results: dict, out: Path) -> list[Path]:
+    """Write report.md, report.html and the PNG plots under ``out``; return their paths."""
+    out.mkdir(parents=True, exist_ok=True)
+    images = plots(results, out)
+    md_path, html_path = out / "report.md", out / "report.html"
+    md_path.write_text(markdown(results), encoding="utf-8")
+    html_path.write_text(html_page(results, images), encoding="utf-8")
+    return [md_path, html_path, *images]
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.report", description=__doc__.split("\n\n")[0])
+    parser.add_argument("results", type=Path, help="bench/results.json of a build")
+    parser.add_argument("--out", type=Path, help="output folder (default: report/ beside bench/)")
+    args = parser.parse_args(argv)
+    if not args.results.is_file():
+        print(f"error: {args.results} does not exist; run `make bench` first.", file=sys.stderr)
+        return 2
+    results = json.loads(args.results.read_text())
+    if "benchmark" not in results:
+        print(f"error: {args.results} has no benchmark section; run `make bench` first.", file=sys.stderr)
+        return 2
+    out = args.out or args.results.parent.parent / "report"
+    for path in render(results, out):
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

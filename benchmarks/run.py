@@ -1,0 +1,301 @@
+"""The benchmark of one build: every published file on every target profile, against the Keras model.
+
+For each target, one worker process per file (and one for the Keras model,
+compiled ``tf.function``, batch 1, same thread count) is started; all are
+timed round by round in the same run (``benchmarks.latency``), then asked for
+their peak memory and their predictions on the test split. Every figure is
+also given as a ratio to the Keras model measured beside it, the figure that
+holds across machines of different speed. Writes ``bench/results.json`` and
+the report (``report/``).
+"""
+
+from __future__ import annotations
+
+import glob
+import gzip
+import json
+import logging
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from benchmarks import accuracy, efficiency
+from benchmarks.inputs import input_size, write_inputs
+from benchmarks.latency import Worker, WorkerError, interleave, relative_ci, summarize
+from benchmarks.targets import Target, load_targets
+from exporters.runtimes import RUNTIME_BY_SUFFIX
+from pipeline.errors import ConfigError, PipelineError
+
+log = logging.getLogger("pipeline")
+
+SCHEMA_VERSION = 2
+KERAS_KEY = "keras"
+MIB = 1024 * 1024
+
+
+class BenchmarkError(PipelineError):
+    """A worker could not load or run a file: the message names it."""
+
+    exit_code = 1
+
+
+def reference_files(patterns: tuple[str, ...]) -> list[Path]:
+    """Files named (or globbed) by ``benchmark.reference_models``; a pattern that matches nothing is an error."""
+    out: list[Path] = []
+    for pattern in patterns:
+        matches = sorted(Path(p) for p in glob.glob(pattern)) if glob.has_magic(pattern) else [Path(pattern)]
+        matches = [p for p in matches if p.is_file()]
+        if not matches:
+            raise ConfigError(f"benchmark.reference_models: '{pattern}' matches no file; fix the path or remove it.")
+        for path in matches:
+            if path.suffix not in (".tflite", ".onnx"):
+                raise ConfigError(f"benchmark.reference_models: '{path}' is not a .tflite or .onnx file.")
+            out.append(path)
+    return out
+
+
+def _file_facts(path: Path) -> dict:
+    blob = path.read_bytes()
+    return {"bytes": len(blob), "gzip_bytes": len(gzip.compress(blob, compresslevel=9, mtime=0))}
+
+
+def _tflite_integer(path: Path) -> Optional[bool]:
+    from exporters import inspect
+
+    return bool(inspect.tflite_summary(path)["fully_integer"])
+
+
+def candidates(root: Path, export_results: dict, references: list[Path]) -> list[dict]:
+    """Published files of this build, then reference files; the Keras model last."""
+    out = []
+    for art in export_results["artifacts"]:
+        if art["status"] == "failed" or art["format"] == "keras":
+            continue
+        path = root / "artifacts" / art["file"]
+        out.append({"key": art["format"], "name": art["name"], "origin": "build", "format": art["format"],
+                    "runtime": art["runtime"], "precision": art["precision"], "path": path,
+                    "file": art["file"], "bytes": art["bytes"], "gzip_bytes": art["gzip_bytes"],
+                    "fully_integer": art.get("fully_integer"), "sparsity": art.get("sparsity")})
+    for path in references:
+        runtime = RUNTIME_BY_SUFFIX[path.suffix]
+        out.append({"key": f"reference:{path.name}", "name": path.stem, "origin": "reference", "format": None,
+                    "runtime": runtime, "precision": None, "path": path, "file": str(path),
+                    "fully_integer": _tflite_integer(path) if runtime == "litert" else None,
+                    "sparsity": None, **_file_facts(path)})
+    keras_path = root / "finetune" / "model.keras"
+    out.append({"key": KERAS_KEY, "name": f"{export_results['name']}-keras", "origin": "keras", "format": "keras",
+                "runtime": "keras", "precision": "fp32", "path": keras_path, "file": str(keras_path.relative_to(root)),
+                "fully_integer": False, "sparsity": None, **_file_facts(keras_path)})
+    return out
+
+
+def count_macs(entry: dict) -> Optional[int]:
+    try:
+        if entry["runtime"] == "litert":
+            return efficiency.tflite_macs(entry["path"])
+        if entry["runtime"] == "onnxruntime":
+            return efficiency.onnx_macs(entry["path"])
+        from pipeline.stages.finetune import load_model
+
+        return efficiency.keras_macs(load_model(entry["path"]))
+    except Exception as exc:  # a file we cannot count still gets timed
+        log.warning("[bench] cannot count multiply-accumulates of %s: %s", entry["path"], exc)
+        return None
+
+
+def _budget_failures(target: Target, row: dict) -> list[str]:
+    b, out = target.budgets, []
+    if b.p90_ms is not None and not row["latency_ms"]["p90"] <= b.p90_ms:
+        out.append(f"p90 {row['latency_ms']['p90']:.2f} ms > {b.p90_ms:g} ms")
+    if b.size_mb is not None and not row["bytes"] / MIB <= b.size_mb:
+        out.append(f"size {row['bytes'] / MIB:.2f} MiB > {b.size_mb:g} MiB")
+    if b.peak_rss_mb is not None and not row["memory"]["peak_rss_mb"] <= b.peak_rss_mb:
+        out.append(f"peak RSS {row['memory']['peak_rss_mb']:.0f} MiB > {b.peak_rss_mb:g} MiB")
+    acc = row.get("accuracy")
+    if b.accuracy_drop_pp is not None and acc is not None and not -acc["delta_pp"] <= b.accuracy_drop_pp:
+        out.append(f"top-1 {acc['delta_pp']:+.2f} pp vs Keras, budget -{b.accuracy_drop_pp:g} pp")
+    return out
+
+
+def _ratio(stats: dict, keras: dict) -> dict:
+    return {k: round(stats[k] / keras[k], 6) for k in ("p50", "p90", "p99", "mean") if keras[k] > 0}
+
+
+def bench_target(target: Target, entries: list[dict], inputs: Path, labels: np.ndarray, class_names: list[str],
+                 peak: dict, settings, work: Path, progress: bool = True) -> tuple[dict, list[dict]]:
+    threads = target.host_threads()
+    workers = {}
+    try:
+        for e in entries:
+            w = Worker(e["key"], e["path"], e["runtime"], threads, inputs, work / f"{target.name}-{_slug(e['key'])}.log")
+            workers[e["key"]] = w.start()
+        seconds = interleave(list(workers.values()), min_runs=settings.min_runs, max_runs=settings.max_runs,
+                             max_seconds=settings.max_seconds, rel_ci=settings.rel_ci, burst=settings.burst,
+                             progress=_progress_bar(target.name, settings.max_seconds) if progress else None)
+        memory = {k: w.ask(op="memory") for k, w in workers.items()}
+        probs = {k: np.asarray(w.ask(op="predict")["probs"], np.float32)
+                 for k, w in workers.items() if entries_by_key(entries)[k]["origin"] != "reference"}
+    except WorkerError as exc:
+        raise BenchmarkError(f"{exc}; the file cannot be benchmarked on target {target.name}.") from None
+    finally:
+        for w in workers.values():
+            w.close()
+
+    keras_stats = summarize(workers[KERAS_KEY].times)
+    keras_acc = accuracy.metrics(probs[KERAS_KEY], labels, class_names)
+    rows = []
+    for e in entries:
+        w = workers[e["key"]]
+        stats = summarize(w.times)
+        row = {
+            "target": target.name, "artifact": e["key"], "name": e["name"], "origin": e["origin"],
+            "format": e["format"], "runtime": e["runtime"], "precision": e["precision"], "file": e["file"],
+            "threads": threads, "bytes": e["bytes"], "gzip_bytes": e["gzip_bytes"],
+            "fully_integer": e["fully_integer"], "sparsity": e["sparsity"],
+            "latency_ms": stats, "noise": round(relative_ci(stats), 4),
+            "ratio_to_keras": _ratio(stats, keras_stats),
+            "cold_start": {"load_ms": round(w.ready["load_ms"], 2),
+                           "first_inference_ms": round(w.ready["first_inference_ms"], 2)},
+            "memory": {"peak_rss_mb": memory[e["key"]]["peak_rss_mb"],
+                       "baseline_rss_mb": memory[e["key"]]["baseline_rss_mb"],
+                       "model_rss_mb": round(memory[e["key"]]["peak_rss_mb"] - memory[e["key"]]["baseline_rss_mb"], 2)},
+            "accuracy": None,
+            "efficiency": None,
+        }
+        if e["key"] in probs:
+            acc = accuracy.metrics(probs[e["key"]], labels, class_names)
+            acc["delta_pp"] = round(100 * (acc["top1"] - keras_acc["top1"]), 4) + 0.0
+            row["accuracy"] = acc
+        if e.get("macs"):
+            kind = efficiency.peak_precision(e["format"]) if e["format"] else ("int8" if e["fully_integer"] else "fp32")
+            row["efficiency"] = {**efficiency.efficiency(e["macs"], stats["p50"], peak[f"{kind}_gmacs"]), "peak_kind": kind}
+        if e["origin"] == "build":
+            failures = _budget_failures(target, row)
+            row["budget"] = {"passed": not failures, "failures": failures}
+        else:
+            row["budget"] = None  # the Keras model and published files are comparisons, not candidates
+        rows.append(row)
+    summary = {"name": target.name, "description": target.description, "runtime": target.runtime,
+               "threads_requested": target.threads, "threads": threads, "note": target.thread_note(),
+               "fully_integer_only": target.fully_integer_only,
+               "formats": list(target.formats) if target.formats is not None else None,
+               "budgets": target.budgets.model_dump(), "regression": target.regression.model_dump(),
+               "seconds": round(seconds, 2), "best": _best(rows)}
+    return summary, rows
+
+
+def entries_by_key(entries: list[dict]) -> dict:
+    return {e["key"]: e for e in entries}
+
+
+def _best(rows: list[dict]) -> Optional[str]:
+    """The fastest of this build's files that meets every budget of the target (smaller file on a tie)."""
+    ok = [r for r in rows if r["origin"] == "build" and r["budget"]["passed"]]
+    if not ok:
+        return None
+    return min(ok, key=lambda r: (r["latency_ms"]["p50"], r["bytes"]))["artifact"]
+
+
+def _slug(key: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in key)
+
+
+def _progress_bar(name: str, total_seconds: float):
+    from tqdm import tqdm
+
+    bar = tqdm(total=round(total_seconds, 1), desc=f"[bench] {name}", unit="s", leave=False,
+               bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} s {postfix}", disable=None)
+    state = {"last": 0.0}
+
+    def update(elapsed: float, runs: int) -> None:
+        step = min(elapsed, total_seconds) - state["last"]
+        if step > 0:
+            bar.update(step)
+            state["last"] += step
+        bar.set_postfix_str(f"{runs} runs each", refresh=False)
+        if elapsed >= total_seconds:
+            bar.close()
+
+    return update
+
+
+def host_info() -> dict:
+    cpu = platform.processor() or ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"machine": platform.machine(), "system": platform.system(), "cpu": cpu, "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "note": "latencies are this host's, not a phone's; ratios to the Keras model carry across machines"}
+
+
+def benchmark(cfg, root: Path, progress: bool = True) -> dict:
+    """Benchmark the build under ``root``; write ``bench/results.json`` and return it."""
+    from pipeline import data
+    from pipeline.io import write_json
+
+    started = time.time()
+    settings = cfg.benchmark
+    targets = load_targets(settings.targets_file, settings.targets)
+    export_results = json.loads((root / "export/results.json").read_text())
+    entries = candidates(root, export_results, reference_files(settings.reference_models))
+    for e in entries:
+        e["macs"] = count_macs(e)
+    x_test, y_test = data.load_split(root / "data/test.npz")
+    if settings.accuracy_images:
+        x_test, y_test = x_test[:settings.accuracy_images], y_test[:settings.accuracy_images]
+    class_names = export_results["dataset"]["classes"]
+    work = root / "bench" / "work"
+    inputs = write_inputs(work / "inputs.npz", x_test, sizes={input_size(e["path"]) for e in entries})
+
+    peak = {}
+    for threads in sorted({t.host_threads() for t in targets}):
+        measured = efficiency.measure_peak(threads, settings.peak_seconds)
+        peak[str(threads)] = measured
+        log.info("[bench] host peak at %d thread(s): fp32 %.1f GMAC/s, int8 %.1f GMAC/s",
+                 threads, measured["fp32_gmacs"], measured["int8_gmacs"])
+
+    summaries, rows = [], []
+    for target in targets:
+        chosen = [e for e in entries if e["origin"] == "keras" or
+                  target.admits(e["format"] or "", e["runtime"], e["fully_integer"]) or
+                  (e["origin"] == "reference" and e["runtime"] == target.runtime
+                   and (not target.fully_integer_only or e["fully_integer"]))]
+        # Keras last in the list is only bookkeeping: rounds are shuffled.
+        log.info("[bench] %s: %s, %d thread(s), %d file(s) + Keras", target.name, target.runtime,
+                 target.host_threads(), len(chosen) - 1)
+        summary, target_rows = bench_target(target, chosen, inputs, y_test, class_names,
+                                            peak[str(target.host_threads())], settings, work, progress)
+        summaries.append(summary)
+        rows.extend(target_rows)
+        for r in target_rows:
+            acc = f"top-1 {r['accuracy']['top1']:.4f}" if r["accuracy"] else "top-1 n/a"
+            log.info("[bench] %-14s %-40s p50 %8.3f ms  p90 %8.3f ms  x%.3f Keras  %s  RSS %.0f MiB%s",
+                     target.name, r["artifact"], r["latency_ms"]["p50"], r["latency_ms"]["p90"],
+                     r["ratio_to_keras"]["p50"], acc, r["memory"]["peak_rss_mb"],
+                     "" if not r["budget"] or r["budget"]["passed"] else "  OVER BUDGET: " + "; ".join(r["budget"]["failures"]))
+
+    results = {**export_results, "schema_version": SCHEMA_VERSION}
+    results["benchmark"] = {
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "host": host_info(),
+        "settings": settings.model_dump(mode="json"),
+        "accuracy_images": int(len(y_test)),
+        "peak": peak,
+        "targets": summaries,
+        "rows": rows,
+        "failures": [{"target": r["target"], "artifact": r["artifact"], "reasons": r["budget"]["failures"]}
+                     for r in rows if r["budget"] and not r["budget"]["passed"]],
+        "seconds": round(time.time() - started, 1),
+    }
+    write_json(root / "bench/results.json", results)
+    (work / "inputs.npz").unlink(missing_ok=True)  # a copy of the test split; the worker logs stay
+    return results

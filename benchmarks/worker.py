@@ -1,0 +1,99 @@
+"""One artifact in its own process: ``python -m benchmarks.worker FILE RUNTIME THREADS INPUTS.npz``.
+
+The parent (``benchmarks.run``) starts one worker per artifact and target and
+drives all of them round by round over stdin/stdout, one JSON object per line,
+so every file sees the same machine state. Only the worker's own imports and
+the one model live in this process: its load time, first-inference time and
+peak memory are that file's alone.
+
+Commands (``{"op": ...}``): ``time`` (``n`` timed calls, after one untimed call
+that refills the caches another process just used), ``memory``, ``predict``
+(the accuracy images from INPUTS.npz, ``images``), ``quit``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+
+def _configure_threads(runtime: str, threads: int) -> None:
+    # TensorFlow reads its thread pools once, before the first op: set them first.
+    if runtime == "keras":
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        import tensorflow as tf
+
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+
+
+def main(argv: list[str]) -> int:
+    path, runtime, threads, inputs = argv[0], argv[1], int(argv[2]), argv[3]
+    # Replies go to the real stdout; anything a library prints goes to stderr.
+    reply_stream = os.fdopen(os.dup(sys.stdout.fileno()), "w", buffering=1)
+    sys.stdout = sys.stderr
+
+    def reply(**payload) -> None:
+        reply_stream.write(json.dumps(payload) + "\n")
+
+    import numpy as np
+
+    from benchmarks.memory import current_rss_mb, peak_rss_mb
+    from exporters.runtimes import open_session
+
+    _configure_threads(runtime, threads)
+    if runtime == "litert":
+        import ai_edge_litert.interpreter  # noqa: F401  (the runtime library counts as baseline)
+    elif runtime == "onnxruntime":
+        import onnxruntime  # noqa: F401
+    baseline = current_rss_mb()
+
+    with np.load(inputs) as data:
+        sample = data["sample"]
+    start = time.perf_counter()
+    session = open_session(path, runtime, threads)
+    load_ms = (time.perf_counter() - start) * 1e3
+    if session.input_size != sample.shape[1]:
+        key = f"sample_{session.input_size}"
+        with np.load(inputs) as data:
+            if key not in data:
+                reply(error=f"no sample image at the file's input size {session.input_size}")
+                return 1
+            sample = data[key]
+    feed = session.prepare(sample[:1])
+    start = time.perf_counter()
+    session.invoke(feed)
+    first_ms = (time.perf_counter() - start) * 1e3
+    reply(ready=True, load_ms=load_ms, first_inference_ms=first_ms, baseline_rss_mb=baseline,
+          input_size=session.input_size)
+
+    for line in sys.stdin:
+        command = json.loads(line)
+        op = command["op"]
+        if op == "time":
+            session.invoke(feed)
+            times = []
+            for _ in range(int(command.get("n", 1))):
+                start = time.perf_counter()
+                session.invoke(feed)
+                times.append((time.perf_counter() - start) * 1e3)
+            reply(times_ms=times)
+        elif op == "memory":
+            reply(peak_rss_mb=peak_rss_mb(), baseline_rss_mb=baseline)
+        elif op == "predict":
+            with np.load(inputs) as data:
+                images = data["images"]
+            probs = session.predict(images.astype(np.float32))
+            reply(probs=probs.round(6).tolist())
+        elif op == "quit":
+            reply(bye=True)
+            return 0
+        else:
+            reply(error=f"unknown op {op!r}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,59 @@
+"""bench stage: every published file on each target profile of ``benchmark.targets``, then the report.
+
+The measuring lives in :mod:`benchmarks.run`; this module only ties it into the
+stage runner, so ``make export`` ends with a benchmarked build and a later
+``make export`` skips it while nothing it measured has changed. ``make bench``
+measures again regardless (``--force bench``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+
+from pipeline.config import Config
+from pipeline.stages import Stage
+
+log = logging.getLogger("pipeline")
+
+
+def _inputs(cfg: Config) -> dict:
+    """The targets file and the reference models are outside build/: their bytes are part of the stamp."""
+    from benchmarks.run import reference_files
+
+    def digest(path: Path):
+        return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
+
+    try:
+        refs = {str(p): digest(p) for p in reference_files(cfg.benchmark.reference_models)}
+    except Exception:  # reported with its remedy when the stage runs
+        refs = {"unresolved": list(cfg.benchmark.reference_models)}
+    return {"targets_file": digest(Path(cfg.benchmark.targets_file)), "reference_models": refs}
+
+
+def _not_needed(cfg: Config):
+    return "benchmark.targets is empty" if not cfg.benchmark.targets else None
+
+
+STAGE = Stage(
+    name="bench",
+    deps=("export/results.json", "data/test.npz", "finetune/model.keras"),
+    params=("benchmark",),
+    external_inputs=_inputs,
+    not_needed=_not_needed,
+    code=("pipeline.stages.bench", "benchmarks.run", "benchmarks.latency", "benchmarks.worker", "benchmarks.inputs",
+          "benchmarks.memory", "benchmarks.accuracy", "benchmarks.efficiency", "benchmarks.targets",
+          "exporters.runtimes"),
+)
+
+
+def run(cfg: Config, ctx) -> None:
+    from benchmarks import report
+    from benchmarks.run import benchmark
+
+    results = benchmark(cfg, ctx.root)
+    ctx.record_output(ctx.path("bench/results.json"))
+    # The report is derived from results.json and re-rendered by `make report`: not a recorded output.
+    paths = report.render(results, ctx.path("report"))
+    log.info("[bench] report: %s", ", ".join(str(p) for p in paths))

@@ -1,0 +1,250 @@
+"""The bench stage on a tiny real build: every file x target measured, the report, the gate, the schema."""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import jsonschema
+import numpy as np
+import pytest
+
+from benchmarks import accuracy, gate, latency, report
+from benchmarks.targets import load_targets
+from pipeline import runner
+from pipeline.config import load_config
+from pipeline.errors import ConfigError, PipelineError
+from tests.conftest import REPO, write_config
+
+TARGETS = REPO / "configs/targets.yaml"
+SCHEMA = json.loads((REPO / "benchmarks/results.schema.json").read_text())
+FAST = {"min_runs": 10, "max_runs": 60, "max_seconds": 3, "burst": 2, "peak_seconds": 0.05}
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """A tiny digits build with float, int8 and ONNX files, benchmarked on three targets with one reference file."""
+    tmp = tmp_path_factory.mktemp("bench")
+    formats = ["keras", "tflite-fp32", "tflite-int8", "onnx-fp32"]
+    path = write_config(tmp / "tiny.yaml", export={"formats": formats, "latency_runs": 0})
+    cfg = load_config(path)
+    assert runner.run(cfg, str(path)) == ["data", "finetune", "export"]
+    # A "published" file to compare against: our own fp32 file under another name.
+    reference = tmp / "published_fp32.tflite"
+    shutil.copyfile(cfg.build_root / "artifacts/tiny_fp32.tflite", reference)
+    bench = {"targets": ["phone-little", "edge-box", "int8-accelerator"], "reference_models": [str(reference)], **FAST}
+    path = write_config(tmp / "tiny.yaml", export={"formats": formats, "latency_runs": 0}, benchmark=bench)
+    cfg = load_config(path)
+    assert runner.run(cfg, str(path)) == ["bench"]
+    return cfg, path, json.loads((cfg.build_root / "bench/results.json").read_text())
+
+
+def test_every_file_on_every_admitted_target_against_keras(built):
+    cfg, _, results = built
+    rows = {(r["target"], r["artifact"]): r for r in results["benchmark"]["rows"]}
+    assert set(rows) == {
+        ("phone-little", "tflite-fp32"), ("phone-little", "tflite-int8"), ("phone-little", "reference:published_fp32.tflite"),
+        ("phone-little", "keras"), ("edge-box", "onnx-fp32"), ("edge-box", "keras"),
+        # Only the fully integer file (read from the file) may go to the int8-only accelerator.
+        ("int8-accelerator", "tflite-int8"), ("int8-accelerator", "keras"),
+    }
+    export = {a["format"]: a for a in json.loads((cfg.build_root / "export/results.json").read_text())["artifacts"]}
+    for (target, artifact), row in rows.items():
+        lat = row["latency_ms"]
+        assert lat["runs"] >= FAST["min_runs"] and lat["ci95"][0] <= lat["p50"] <= lat["ci95"][1]
+        assert lat["p50"] <= lat["p90"] <= lat["p99"]
+        assert row["ratio_to_keras"]["p50"] == pytest.approx(lat["p50"] / rows[(target, "keras")]["latency_ms"]["p50"], rel=1e-3)
+        assert row["memory"]["peak_rss_mb"] > row["memory"]["baseline_rss_mb"] > 0
+        assert row["cold_start"]["load_ms"] > 0 and row["cold_start"]["first_inference_ms"] > 0
+        assert row["efficiency"]["macs"] > 0 and 0 < row["efficiency"]["fraction_of_peak"]
+        if row["origin"] == "reference":
+            assert row["accuracy"] is None and row["budget"] is None
+            continue
+        # Accuracy comes from the file's own runtime: at 1 thread it is exactly what export validated.
+        assert row["accuracy"]["images"] == results["dataset"]["test_images"]
+        if row["origin"] == "build" and row["threads"] == 1:
+            assert row["accuracy"]["top1"] == pytest.approx(export[artifact]["accuracy"]["top1"], abs=1e-6)
+        assert np.sum(row["accuracy"]["confusion"]) == row["accuracy"]["images"]
+    assert rows[("phone-little", "keras")]["ratio_to_keras"]["p50"] == 1.0
+    assert rows[("phone-little", "tflite-int8")]["efficiency"]["peak_kind"] == "int8"
+    assert rows[("phone-little", "tflite-fp32")]["efficiency"]["peak_kind"] == "fp32"
+    # Same architecture, counted from three different files.
+    assert len({rows[k]["efficiency"]["macs"] for k in
+                [("phone-little", "tflite-fp32"), ("edge-box", "onnx-fp32"), ("phone-little", "keras")]}) == 1
+
+
+def test_results_follow_the_schema(built):
+    jsonschema.validate(built[2], SCHEMA)
+    broken = copy.deepcopy(built[2])
+    del broken["benchmark"]["rows"][0]["latency_ms"]["p90"]
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(broken, SCHEMA)
+
+
+def test_report_names_best_file_and_failures(built, tmp_path):
+    cfg, _, results = built
+    md = (cfg.build_root / "report/report.md").read_text()
+    for target in ("phone-little", "edge-box", "int8-accelerator"):
+        assert f"## {target}:" in md
+    assert "published_fp32 (reference)" in md
+    # A budget nobody can meet shows up under "Over budget" and leaves the target without a best file.
+    strict = copy.deepcopy(results)
+    for row in strict["benchmark"]["rows"]:
+        if row["target"] == "edge-box" and row["budget"]:
+            row["budget"] = {"passed": False, "failures": ["p90 9.00 ms > 0.001 ms"]}
+    strict["benchmark"]["failures"] = [{"target": "edge-box", "artifact": "onnx-fp32", "reasons": ["p90 9.00 ms > 0.001 ms"]}]
+    strict["benchmark"]["targets"][1]["best"] = None
+    text = report.markdown(strict)
+    assert "**onnx-fp32** on edge-box: p90 9.00 ms > 0.001 ms" in text
+    assert "| edge-box | none meets the budgets |  |  |  |  |" in text
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it where it can)")
+def test_report_html_renders_in_headless_chromium(built, tmp_path):
+    cfg = built[0]
+    page = tmp_path / "report.html"
+    # The check runs inside the browser after load: every plot decoded to real pixels, every table row laid out.
+    probe = ("<script>window.addEventListener('load',()=>{const imgs=[...document.images];"
+             "const ok=imgs.filter(i=>i.complete&&i.naturalWidth>100&&i.getBoundingClientRect().height>50).length;"
+             "const rows=document.querySelectorAll('table.results tr td:first-child').length;"
+             "document.body.setAttribute('data-check',`images=${ok}/${imgs.length} rows=${rows}`);});</script>")
+    page.write_text((cfg.build_root / "report/report.html").read_text().replace("</body>", probe + "</body>"))
+    out = subprocess.run(
+        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=5000", "--dump-dom", page.as_uri()],
+        capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    check = out.stdout.split('data-check="', 1)[1].split('"', 1)[0]
+    # 3 accuracy-vs-latency plots, 1 size chart, a confusion matrix per target with a best file.
+    images = int(check.split("images=")[1].split("/")[0])
+    expected = 3 + 1 + sum(1 for t in built[2]["benchmark"]["targets"] if t["best"])
+    assert check.startswith(f"images={expected}/{expected}"), check
+    assert check.endswith(f"rows={len(built[2]['benchmark']['rows'])}"), check
+    assert images == expected
+
+
+def _gate(baseline: dict, current: Path, tmp_path: Path) -> subprocess.CompletedProcess:
+    base = tmp_path / "baseline.json"
+    base.write_text(json.dumps(baseline))
+    return subprocess.run([sys.executable, "-m", "benchmarks.gate", "--baseline", str(base), "--results", str(current)],
+                          cwd=REPO, capture_output=True, text=True, timeout=60)
+
+
+def test_gate_passes_on_itself_and_fails_on_regressions(built, tmp_path):
+    cfg, _, results = built
+    current = cfg.build_root / "bench/results.json"
+    same = _gate(results, current, tmp_path)
+    assert same.returncode == 0, same.stdout + same.stderr
+    assert "gate passed" in same.stdout
+
+    faster = copy.deepcopy(results)  # the baseline claims a 30% faster file
+    for row in faster["benchmark"]["rows"]:
+        if (row["target"], row["artifact"]) == ("phone-little", "tflite-int8"):
+            row["ratio_to_keras"]["p50"] *= 0.7
+    out = _gate(faster, current, tmp_path)
+    assert out.returncode == 1
+    assert "tflite-int8 on phone-little: p50 latency ratio to Keras" in out.stdout
+    assert "edge-box" not in out.stdout
+
+    better = copy.deepcopy(results)  # the baseline claims 3 points more accuracy
+    for row in better["benchmark"]["rows"]:
+        if (row["target"], row["artifact"]) == ("edge-box", "onnx-fp32"):
+            row["accuracy"]["top1"] += 0.03
+    out = _gate(better, current, tmp_path)
+    assert out.returncode == 1
+    assert "onnx-fp32 on edge-box: top-1" in out.stdout and "-3.00 pp" in out.stdout
+
+
+def test_gate_rise_within_noise_or_budget_passes(built):
+    results = built[2]
+    slower = copy.deepcopy(results)
+    for row in slower["benchmark"]["rows"]:
+        row["ratio_to_keras"]["p50"] *= 1.05  # 5%: inside the 10% budget
+    assert gate.compare(results, slower) == []
+    noisy = copy.deepcopy(slower)
+    for row in noisy["benchmark"]["rows"]:
+        row["ratio_to_keras"]["p50"] *= 1.2  # 26% in all, but the runs measured ±20% noise
+        row["noise"] = 0.2
+    assert gate.compare(results, noisy) == []
+    assert gate.compare(results, noisy, check_budgets=False) == []
+    missing = copy.deepcopy(results)
+    missing["benchmark"]["rows"] = [r for r in missing["benchmark"]["rows"] if r["artifact"] != "onnx-fp32"]
+    assert gate.compare(results, missing) == ["onnx-fp32 on edge-box: benchmarked in the baseline, missing now (the file is gone)"]
+
+
+def test_gate_input_errors_exit_2(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "benchmarks.gate", "--baseline", str(tmp_path / "nope.json"),
+                          "--results", str(tmp_path / "nope.json")], cwd=REPO, capture_output=True, text=True)
+    assert out.returncode == 2 and out.stderr.startswith("error: baseline") and "Traceback" not in out.stderr
+
+
+def test_bench_is_cached_and_forced(built):
+    cfg, path, results = built
+    assert runner.run(cfg, str(path)) == []
+    assert dict(runner.status(cfg))["bench"] is None
+    with pytest.raises(ConfigError, match="no such stage"):
+        runner.run(cfg, str(path), force=("benchmark",))
+
+
+def test_corrupt_file_names_itself(built, tmp_path):
+    from benchmarks.latency import Worker, WorkerError
+    from benchmarks.inputs import write_inputs
+
+    bad = tmp_path / "broken.tflite"
+    bad.write_bytes(b"not a flatbuffer" * 10)
+    inputs = write_inputs(tmp_path / "inputs.npz", np.zeros((1, 32, 32, 3), np.float32))
+    with pytest.raises(WorkerError, match="broken.tflite"):
+        Worker("broken", bad, "litert", 1, inputs, tmp_path / "w.log").start()
+
+
+def test_latency_statistics():
+    rng = np.random.default_rng(0)
+    times = list(rng.lognormal(0, 0.1, 400))
+    stats = latency.summarize(times)
+    assert stats["runs"] == 400 and stats["ci95"][0] < stats["p50"] < stats["ci95"][1]
+    assert stats["p50"] == pytest.approx(np.median(times), abs=1e-4)
+    # The interval narrows as runs grow (order-statistic interval of the median).
+    assert latency.relative_ci(latency.summarize(times[:50])) > latency.relative_ci(stats) > 0
+
+
+def test_accuracy_metrics_by_hand():
+    probs = np.array([[0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.6, 0.3, 0.1], [0.2, 0.3, 0.5]])
+    m = accuracy.metrics(probs, np.array([0, 1, 1, 2]), ["a", "b", "c"])
+    assert m["top1"] == 0.75 and m["top5"] == 1.0 and m["top_k"] == 3
+    assert m["per_class_recall"] == {"a": 1.0, "b": 0.5, "c": 1.0}
+    assert m["confusion"] == [[1, 0, 0], [1, 1, 0], [0, 0, 1]]
+
+
+def test_targets_file_profiles():
+    big, little, edge, npu = load_targets(TARGETS, ["phone-big", "phone-little", "edge-box", "int8-accelerator"])
+    assert (big.runtime, big.threads, little.threads, edge.runtime, npu.fully_integer_only) == ("litert", 4, 1, "onnxruntime", True)
+    assert big.host_threads(cpus=2) == 2 and "this host has 2 cores" in big.thread_note(cpus=2)
+    assert big.thread_note(cpus=8) is None
+    assert npu.admits("tflite-int8", "litert", True) and not npu.admits("tflite-fp32", "litert", False)
+    with pytest.raises(ConfigError, match="did you mean 'phone-big'"):
+        load_targets(TARGETS, ["phone-bgi"])
+
+
+def test_bad_targets_file_is_one_sentence(tmp_path):
+    bad = tmp_path / "targets.yaml"
+    bad.write_text("targets:\n  t:\n    runtime: litert\n    threads: 0\n")
+    with pytest.raises(ConfigError, match=r"targets.t.threads: Input should be greater than or equal to 1"):
+        load_targets(bad, ["t"])
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_targets(tmp_path / "none.yaml", ["t"])
+
+
+def test_missing_reference_model_is_a_config_error(tmp_path):
+    from benchmarks.run import reference_files
+
+    with pytest.raises(ConfigError, match="matches no file"):
+        reference_files((str(tmp_path / "*.tflite"),))
+    assert issubclass(ConfigError, PipelineError)
