@@ -34,7 +34,7 @@ report: $(VENV)/.installed
 # Fail (exit 1) when a file's accuracy or its latency ratio to Keras regressed against BASELINE.
 gate: $(VENV)/.installed
 	@test -n "$(BASELINE)" || { echo "usage: make gate BASELINE=path/to/results.json [CONFIG=...]" >&2; exit 2; }
-	$(PY) -m benchmarks.gate --baseline $(BASELINE) --config $(CONFIG) $(GATE_FLAGS)
+	$(PY) -m benchmarks.gate --baseline $(BASELINE) --config $(CONFIG) $(foreach s,$(SET),--set $(s)) $(GATE_FLAGS)
 
 test: $(VENV)/.installed
 	$(PY) -m pytest

@@ -8,8 +8,8 @@ For every file benchmarked on a target in both runs:
   ``regression.accuracy_pp`` percentage points;
 - latency: its p50 *ratio to the Keras model measured in the same run* may
   not rise by more than ``regression.latency_pct`` percent **and** by more
-  than the noise both runs measured (the half-widths of the 95% intervals of
-  the medians involved). Ratios, not milliseconds, so a baseline from a faster
+  than the noise both runs measured (the relative half-widths of the 95%
+  intervals of the four medians involved, root-sum-squared). Ratios, not milliseconds, so a baseline from a faster
   or slower CI machine still applies.
 
 A file or target in the baseline that the new run lacks is a regression too.
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -29,16 +30,28 @@ class GateInputError(Exception):
     pass
 
 
+SCHEMA = Path(__file__).with_name("results.schema.json")
+
+
 def _load(path: Path, what: str) -> dict:
+    import jsonschema
+
     try:
         results = json.loads(path.read_text())
     except FileNotFoundError:
         raise GateInputError(f"{what} {path} does not exist; "
                              + ("run `make bench` first." if what == "results" else "pass the results.json of an earlier run."))
+    except OSError as exc:
+        raise GateInputError(f"{what} {path} cannot be read ({exc.__class__.__name__}).")
     except json.JSONDecodeError as exc:
         raise GateInputError(f"{what} {path} is not JSON ({exc.msg} at line {exc.lineno}).")
     if not isinstance(results, dict) or "benchmark" not in results:
         raise GateInputError(f"{what} {path} has no benchmark section; it must be a bench/results.json of `make bench`.")
+    try:
+        jsonschema.validate(results, json.loads(SCHEMA.read_text()))
+    except jsonschema.ValidationError as exc:
+        where = "/".join(str(p) for p in exc.absolute_path) or "(top level)"
+        raise GateInputError(f"{what} {path} does not follow {SCHEMA.name} at {where}: {exc.message}.")
     return results
 
 
@@ -50,9 +63,9 @@ def _keras(rows: dict, target: str) -> dict:
     return rows[(target, "keras")]
 
 
-def _ratio_noise(row: dict, keras: dict) -> float:
-    """Relative noise of the ratio: the artifact's and the Keras model's median intervals, added."""
-    return row["noise"] + keras["noise"]
+def _noise(*rows: dict) -> float:
+    """Relative noise of a change in ratio: the medians' relative half-widths, combined as independent errors."""
+    return math.sqrt(sum(r["noise"] ** 2 for r in rows))
 
 
 def compare(baseline: dict, current: dict, check_budgets: bool = False) -> list[str]:
@@ -76,7 +89,7 @@ def compare(baseline: dict, current: dict, check_budgets: bool = False) -> list[
                                 f"{cur['accuracy']['top1']:.4f} ({-drop:+.2f} pp, budget -{budget['accuracy_pp']:g} pp)")
         base_ratio, cur_ratio = base["ratio_to_keras"]["p50"], cur["ratio_to_keras"]["p50"]
         rise = cur_ratio / base_ratio - 1
-        noise = _ratio_noise(base, _keras(base_rows, target)) + _ratio_noise(cur, _keras(cur_rows, target))
+        noise = _noise(base, _keras(base_rows, target), cur, _keras(cur_rows, target))
         if rise > budget["latency_pct"] / 100 and rise > noise:
             failures.append(f"{artifact} on {target}: p50 latency ratio to Keras {base_ratio:.3f} -> {cur_ratio:.3f} "
                             f"({100 * rise:+.1f}%, budget +{budget['latency_pct']:g}%, measured noise ±{100 * noise:.1f}%)")
@@ -91,6 +104,8 @@ def main(argv=None) -> int:
     parser.add_argument("--baseline", type=Path, required=True, help="bench/results.json of the accepted run")
     parser.add_argument("--results", type=Path, help="bench/results.json of the new run")
     parser.add_argument("--config", help="pipeline config: its build's bench/results.json is the new run")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="the same --set overrides the build was made with (they can change its name)")
     parser.add_argument("--budgets", action="store_true", help="also fail on the new run's target budget failures")
     args = parser.parse_args(argv)
     try:
@@ -101,7 +116,7 @@ def main(argv=None) -> int:
             from pipeline.errors import ConfigError
 
             try:
-                args.results = load_config(args.config).build_root / "bench/results.json"
+                args.results = load_config(args.config, args.overrides).build_root / "bench/results.json"
             except ConfigError as exc:
                 raise GateInputError(str(exc))
         baseline, current = _load(args.baseline, "baseline"), _load(args.results, "results")

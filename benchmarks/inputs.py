@@ -31,7 +31,7 @@ def input_size(path: Path) -> Optional[int]:
     return None
 
 
-def _resize(image: np.ndarray, side: int) -> np.ndarray:
+def resize(image: np.ndarray, side: int) -> np.ndarray:
     pil = Image.fromarray(np.clip(np.round(image), 0, 255).astype(np.uint8))
     return np.asarray(pil.resize((side, side), Image.BILINEAR), dtype=np.float32)
 
@@ -53,7 +53,7 @@ def write_inputs(path: Path, images: Optional[np.ndarray], sizes: Iterable[Optio
     arrays = {"sample": sample, "images": np.clip(np.round(images), 0, 255).astype(np.uint8)}
     for side in sizes:
         if side != sample.shape[1]:
-            arrays[f"sample_{side}"] = _resize(sample[0], side)[None]
+            arrays[f"sample_{side}"] = resize(sample[0], side)[None]
     path.parent.mkdir(parents=True, exist_ok=True)
     np.savez(path, **arrays)
     return path

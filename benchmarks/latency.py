@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import subprocess
 import sys
 import time
@@ -29,12 +28,19 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def median_ci95(sorted_times: np.ndarray) -> tuple[float, float]:
-    """Distribution-free 95% interval of the median from order statistics (binomial, normal approximation)."""
+    """Distribution-free 95% interval of the median: order statistics chosen from the exact binomial.
+
+    With B ~ Binomial(n, 1/2) and l the 2.5% quantile of B, the sorted sample's
+    l-th and (n - l + 1)-th values (1-based) cover the true median with at least
+    95% probability, whatever the distribution of the times.
+    """
+    from scipy.stats import binom
+
     n = len(sorted_times)
-    half = 1.96 * math.sqrt(n) / 2
-    lo = max(int(math.floor(n / 2 - half)), 0)
-    hi = min(int(math.ceil(n / 2 + half)), n - 1)
-    return float(sorted_times[lo]), float(sorted_times[hi])
+    l = int(binom.ppf(0.025, n, 0.5))
+    if l < 1:  # too few runs for a 95% interval: the whole range
+        return float(sorted_times[0]), float(sorted_times[-1])
+    return float(sorted_times[l - 1]), float(sorted_times[n - l])
 
 
 def summarize(times_ms: list[float]) -> dict:
@@ -54,7 +60,7 @@ def summarize(times_ms: list[float]) -> dict:
 def relative_ci(stats: dict) -> float:
     """Half-width of the median's 95% interval as a fraction of the median: the run's own noise."""
     lo, hi = stats["ci95"]
-    return (hi - lo) / 2 / stats["p50"] if stats["p50"] > 0 else math.inf
+    return (hi - lo) / 2 / stats["p50"] if stats["p50"] > 0 else 1.0
 
 
 class WorkerError(RuntimeError):
@@ -74,6 +80,7 @@ class Worker:
     ready: dict = field(default_factory=dict)
     times: list = field(default_factory=list)
     proc: Optional[subprocess.Popen] = None
+    _log_file: Optional[object] = None
 
     def start(self) -> "Worker":
         self.proc = subprocess.Popen(
@@ -88,22 +95,38 @@ class Worker:
         if self.log is None:
             return subprocess.DEVNULL
         self.log.parent.mkdir(parents=True, exist_ok=True)
-        return self.log.open("w")
+        self._log_file = self.log.open("w")
+        return self._log_file
+
+    def _died(self) -> WorkerError:
+        try:
+            code = self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            code = "killed"
+        tail = self.log.read_text().strip().splitlines()[-1:] if self.log and self.log.exists() else []
+        where = f" (log: {self.log})" if self.log else ""
+        return WorkerError(f"benchmark worker for {self.path} exited with code {code}: "
+                           f"{tail[0] if tail else 'no output'}{where}")
 
     def _read(self) -> dict:
         line = self.proc.stdout.readline()
         if not line:
-            tail = self.log.read_text().strip().splitlines()[-1:] if self.log and self.log.exists() else []
-            where = f" (log: {self.log})" if self.log else ""
-            raise WorkerError(f"benchmark worker for {self.path} exited: {tail[0] if tail else 'no output'}{where}")
-        reply = json.loads(line)
+            raise self._died()
+        try:
+            reply = json.loads(line)
+        except json.JSONDecodeError:
+            raise WorkerError(f"benchmark worker for {self.path} wrote {line[:80]!r} instead of a reply") from None
         if "error" in reply:
             raise WorkerError(f"benchmark worker for {self.path}: {reply['error']}")
         return reply
 
     def ask(self, **command) -> dict:
-        self.proc.stdin.write(json.dumps(command) + "\n")
-        self.proc.stdin.flush()
+        try:
+            self.proc.stdin.write(json.dumps(command) + "\n")
+            self.proc.stdin.flush()
+        except (BrokenPipeError, OSError):
+            raise self._died() from None
         return self._read()
 
     def close(self) -> None:
@@ -113,16 +136,18 @@ class Worker:
                 self.proc.wait(timeout=30)
             except (WorkerError, OSError, subprocess.TimeoutExpired, ValueError):
                 self.proc.kill()
-        for stream in (self.proc.stdin, self.proc.stdout) if self.proc else ():
+        for stream in (self.proc.stdin, self.proc.stdout, self._log_file) if self.proc else ():
             if stream:
                 stream.close()
 
 
 def interleave(workers: list[Worker], *, min_runs: int = 30, max_runs: int = 2000, max_seconds: float = 30.0,
-               rel_ci: float = 0.01, burst: int = 1, seed: int = 0, progress=None) -> float:
+               rel_ci: float = 0.01, burst: int = 1, warmup: int = 10, seed: int = 0, progress=None) -> float:
     """Time every worker round by round until each median is stable or a bound is hit; returns seconds spent."""
     rng = np.random.default_rng(seed)
     order = list(workers)
+    for worker in order:  # caches, thread pools and lazy allocations settle before any timing counts
+        worker.ask(op="time", n=warmup)
     started = time.perf_counter()
     while True:
         rng.shuffle(order)
@@ -144,7 +169,10 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--max-seconds", type=float, default=20.0)
     parser.add_argument("--max-runs", type=int, default=2000)
+    parser.add_argument("--rounds", type=int, help="exactly this many timed runs per file (sets min and max runs)")
     args = parser.parse_args(argv)
+    if args.rounds:
+        args.max_runs, args.max_seconds = args.rounds, float("inf")
     missing = [str(p) for p in args.files if not p.is_file() or p.suffix not in RUNTIME_BY_SUFFIX]
     if missing:
         print(f"error: not a .tflite/.onnx/.keras file: {', '.join(missing)}", file=sys.stderr)
@@ -154,13 +182,17 @@ def main(argv=None) -> int:
     from benchmarks.inputs import input_size, write_inputs
 
     with tempfile.TemporaryDirectory() as tmp:
-        inputs = write_inputs(Path(tmp) / "inputs.npz", None, sizes={input_size(p) for p in args.files})
+        inputs = write_inputs(Path(tmp) / "inputs.npz", None, sizes={input_size(p) for p in args.files} - {None})
         workers = [Worker(str(p), p, RUNTIME_BY_SUFFIX[p.suffix], args.threads, inputs, Path(tmp) / f"{i}.log")
                    for i, p in enumerate(args.files)]
         try:
             for w in workers:
                 w.start()
-            interleave(workers, max_seconds=args.max_seconds, max_runs=args.max_runs)
+            interleave(workers, max_seconds=args.max_seconds, max_runs=args.max_runs,
+                       min_runs=min(30, args.max_runs), rel_ci=0.0 if args.rounds else 0.01)
+        except WorkerError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
         finally:
             for w in workers:
                 w.close()

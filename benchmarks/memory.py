@@ -33,8 +33,3 @@ def peak_rss_mb() -> float:
         raw = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         kb = raw / 1024 if sys.platform == "darwin" else raw
     return round(kb / 1024, 2)
-
-
-def current_rss_mb() -> float:
-    kb = _status_kb("VmRSS")
-    return round(kb / 1024, 2) if kb is not None else peak_rss_mb()

@@ -93,13 +93,13 @@ def markdown(results: dict) -> str:
     bench = results["benchmark"]
     host = bench["host"]
     by_target = _rows_by_target(results)
-    ref = results["reference"]["accuracy"]["top1"]
+    keras = next(r for r in bench["rows"] if r["artifact"] == "keras")
     lines = [
         f"# Benchmark: {results['name']}",
         "",
         f"Host: {host['cpu'] or host['machine']}, {host['cpus']} cores ({host['system']}). "
         f"Not the target device: latencies are this host's; ratios to the Keras model carry across machines.",
-        f"Keras fp32 model: test top-1 {ref:.4f} on {bench['accuracy_images']} images. "
+        f"Keras fp32 model: test top-1 {keras['accuracy']['top1']:.4f} on {keras['accuracy']['images']} images. "
         f"Benchmark took {bench['seconds']:.0f} s.",
         "",
         "## Best file per target",
@@ -155,7 +155,8 @@ def plots(results: dict, out: Path) -> list[Path]:
         for r, (x, y) in zip(rows, pts):
             ax.annotate(r["artifact"], (x, y), textcoords="offset points", xytext=(6, 4), fontsize=8)
         front = _pareto(pts)
-        ax.plot([pts[i][0] for i in front], [pts[i][1] for i in front], "--", color="tab:blue", label="Pareto front")
+        ax.plot([pts[i][0] for i in front], [pts[i][1] for i in front], "--o", color="tab:blue", markerfacecolor="none",
+                markersize=14, label="Pareto front (nothing both faster and more accurate)")
         ax.set_xscale("log")  # the Keras model is often 10-100x slower than the files
         ax.set_xlabel("p50 latency, ms (this host, log scale)")
         ax.set_ylabel("test top-1")
@@ -268,8 +269,13 @@ def main(argv=None) -> int:
     if not args.results.is_file():
         print(f"error: {args.results} does not exist; run `make bench` first.", file=sys.stderr)
         return 2
-    results = json.loads(args.results.read_text())
-    if "benchmark" not in results:
+    try:
+        results = json.loads(args.results.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        print(f"error: {args.results} cannot be read as JSON ({exc.__class__.__name__}); run `make bench` again.",
+              file=sys.stderr)
+        return 2
+    if not isinstance(results, dict) or "benchmark" not in results:
         print(f"error: {args.results} has no benchmark section; run `make bench` first.", file=sys.stderr)
         return 2
     out = args.out or args.results.parent.parent / "report"

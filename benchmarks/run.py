@@ -15,7 +15,6 @@ import glob
 import gzip
 import json
 import logging
-import os
 import platform
 import time
 from pathlib import Path
@@ -26,7 +25,7 @@ import numpy as np
 from benchmarks import accuracy, efficiency
 from benchmarks.inputs import input_size, write_inputs
 from benchmarks.latency import Worker, WorkerError, interleave, relative_ci, summarize
-from benchmarks.targets import Target, load_targets
+from benchmarks.targets import Target, available_cpus, load_targets
 from exporters.runtimes import RUNTIME_BY_SUFFIX
 from pipeline.errors import ConfigError, PipelineError
 
@@ -54,8 +53,20 @@ def reference_files(patterns: tuple[str, ...]) -> list[Path]:
         for path in matches:
             if path.suffix not in (".tflite", ".onnx"):
                 raise ConfigError(f"benchmark.reference_models: '{path}' is not a .tflite or .onnx file.")
+            if any(p.name == path.name for p in out):
+                raise ConfigError(f"benchmark.reference_models: two files are named {path.name}; rename one "
+                                  "(rows are keyed by file name).")
             out.append(path)
     return out
+
+
+def _readable(path: Path, read):
+    """Parse a reference file in the parent; a broken one is a config problem, named, not a traceback."""
+    try:
+        return read(path)
+    except Exception as exc:
+        raise ConfigError(f"benchmark.reference_models: {path} cannot be read as a model file "
+                          f"({exc.__class__.__name__}); replace or remove it.") from None
 
 
 def _file_facts(path: Path) -> dict:
@@ -84,7 +95,8 @@ def candidates(root: Path, export_results: dict, references: list[Path]) -> list
         runtime = RUNTIME_BY_SUFFIX[path.suffix]
         out.append({"key": f"reference:{path.name}", "name": path.stem, "origin": "reference", "format": None,
                     "runtime": runtime, "precision": None, "path": path, "file": str(path),
-                    "fully_integer": _tflite_integer(path) if runtime == "litert" else None,
+                    "fully_integer": _readable(path, _tflite_integer) if runtime == "litert" else None,
+                    "input_size": _readable(path, input_size),
                     "sparsity": None, **_file_facts(path)})
     keras_path = root / "finetune" / "model.keras"
     out.append({"key": KERAS_KEY, "name": f"{export_results['name']}-keras", "origin": "keras", "format": "keras",
@@ -121,31 +133,42 @@ def _budget_failures(target: Target, row: dict) -> list[str]:
     return out
 
 
-def _ratio(stats: dict, keras: dict) -> dict:
-    return {k: round(stats[k] / keras[k], 6) for k in ("p50", "p90", "p99", "mean") if keras[k] > 0}
+def _ratios(row: dict, keras: dict) -> dict:
+    """Every figure of a row over the Keras model's, same target, same run."""
+    pairs = {k: (row["latency_ms"][k], keras["latency_ms"][k]) for k in ("p50", "p90", "p99", "mean")}
+    pairs.update({k: (row["cold_start"][k], keras["cold_start"][k]) for k in ("load_ms", "first_inference_ms")})
+    pairs["peak_rss_mb"] = (row["memory"]["peak_rss_mb"], keras["memory"]["peak_rss_mb"])
+    pairs["bytes"] = (row["bytes"], keras["bytes"])
+    return {k: round(a / b, 6) if b > 0 else None for k, (a, b) in pairs.items()}
 
 
 def bench_target(target: Target, entries: list[dict], inputs: Path, labels: np.ndarray, class_names: list[str],
                  peak: dict, settings, work: Path, progress: bool = True) -> tuple[dict, list[dict]]:
+    from tqdm import tqdm
+
     threads = target.host_threads()
     workers = {}
+    bar = _progress_bar(target.name, settings.max_seconds) if progress else None
     try:
-        for e in entries:
+        for e in tqdm(entries, desc=f"[bench] {target.name}: loading", leave=False, disable=None if progress else True):
             w = Worker(e["key"], e["path"], e["runtime"], threads, inputs, work / f"{target.name}-{_slug(e['key'])}.log")
             workers[e["key"]] = w.start()
         seconds = interleave(list(workers.values()), min_runs=settings.min_runs, max_runs=settings.max_runs,
                              max_seconds=settings.max_seconds, rel_ci=settings.rel_ci, burst=settings.burst,
-                             progress=_progress_bar(target.name, settings.max_seconds) if progress else None)
+                             warmup=settings.warmup, progress=bar)
         memory = {k: w.ask(op="memory") for k, w in workers.items()}
-        probs = {k: np.asarray(w.ask(op="predict")["probs"], np.float32)
-                 for k, w in workers.items() if entries_by_key(entries)[k]["origin"] != "reference"}
+        scored = [e["key"] for e in entries if e["origin"] != "reference"]  # reference files have other labels
+        probs = {k: np.asarray(workers[k].ask(op="predict")["probs"], np.float32)
+                 for k in tqdm(scored, desc=f"[bench] {target.name}: accuracy", leave=False,
+                               disable=None if progress else True)}
     except WorkerError as exc:
         raise BenchmarkError(f"{exc}; the file cannot be benchmarked on target {target.name}.") from None
     finally:
+        if bar is not None:
+            bar.close()
         for w in workers.values():
             w.close()
 
-    keras_stats = summarize(workers[KERAS_KEY].times)
     keras_acc = accuracy.metrics(probs[KERAS_KEY], labels, class_names)
     rows = []
     for e in entries:
@@ -157,7 +180,6 @@ def bench_target(target: Target, entries: list[dict], inputs: Path, labels: np.n
             "threads": threads, "bytes": e["bytes"], "gzip_bytes": e["gzip_bytes"],
             "fully_integer": e["fully_integer"], "sparsity": e["sparsity"],
             "latency_ms": stats, "noise": round(relative_ci(stats), 4),
-            "ratio_to_keras": _ratio(stats, keras_stats),
             "cold_start": {"load_ms": round(w.ready["load_ms"], 2),
                            "first_inference_ms": round(w.ready["first_inference_ms"], 2)},
             "memory": {"peak_rss_mb": memory[e["key"]]["peak_rss_mb"],
@@ -166,6 +188,10 @@ def bench_target(target: Target, entries: list[dict], inputs: Path, labels: np.n
             "accuracy": None,
             "efficiency": None,
         }
+        rows.append(row)
+    keras_row = next(r for r in rows if r["artifact"] == KERAS_KEY)
+    for e, row in zip(entries, rows):
+        row["ratio_to_keras"] = _ratios(row, keras_row)
         if e["key"] in probs:
             acc = accuracy.metrics(probs[e["key"]], labels, class_names)
             acc["delta_pp"] = round(100 * (acc["top1"] - keras_acc["top1"]), 4) + 0.0
@@ -178,7 +204,6 @@ def bench_target(target: Target, entries: list[dict], inputs: Path, labels: np.n
             row["budget"] = {"passed": not failures, "failures": failures}
         else:
             row["budget"] = None  # the Keras model and published files are comparisons, not candidates
-        rows.append(row)
     summary = {"name": target.name, "description": target.description, "runtime": target.runtime,
                "threads_requested": target.threads, "threads": threads, "note": target.thread_note(),
                "fully_integer_only": target.fully_integer_only,
@@ -186,10 +211,6 @@ def bench_target(target: Target, entries: list[dict], inputs: Path, labels: np.n
                "budgets": target.budgets.model_dump(), "regression": target.regression.model_dump(),
                "seconds": round(seconds, 2), "best": _best(rows)}
     return summary, rows
-
-
-def entries_by_key(entries: list[dict]) -> dict:
-    return {e["key"]: e for e in entries}
 
 
 def _best(rows: list[dict]) -> Optional[str]:
@@ -204,23 +225,26 @@ def _slug(key: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in key)
 
 
-def _progress_bar(name: str, total_seconds: float):
-    from tqdm import tqdm
+class _progress_bar:
+    """Timing progress against the time bound (timing may stop earlier, once every median is stable)."""
 
-    bar = tqdm(total=round(total_seconds, 1), desc=f"[bench] {name}", unit="s", leave=False,
-               bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} s {postfix}", disable=None)
-    state = {"last": 0.0}
+    def __init__(self, name: str, total_seconds: float):
+        from tqdm import tqdm
 
-    def update(elapsed: float, runs: int) -> None:
-        step = min(elapsed, total_seconds) - state["last"]
+        self.total = total_seconds
+        self.done = 0.0
+        self.bar = tqdm(total=round(total_seconds, 1), desc=f"[bench] {name}: timing", unit="s", leave=False,
+                        bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} s {postfix}", disable=None)
+
+    def __call__(self, elapsed: float, runs: int) -> None:
+        step = min(elapsed, self.total) - self.done
         if step > 0:
-            bar.update(step)
-            state["last"] += step
-        bar.set_postfix_str(f"{runs} runs each", refresh=False)
-        if elapsed >= total_seconds:
-            bar.close()
+            self.bar.update(step)
+            self.done += step
+        self.bar.set_postfix_str(f"{runs} runs each", refresh=False)
 
-    return update
+    def close(self) -> None:
+        self.bar.close()
 
 
 def host_info() -> dict:
@@ -232,7 +256,7 @@ def host_info() -> dict:
                 break
     except OSError:
         pass
-    return {"machine": platform.machine(), "system": platform.system(), "cpu": cpu, "cpus": os.cpu_count(),
+    return {"machine": platform.machine(), "system": platform.system(), "cpu": cpu, "cpus": available_cpus(),
             "python": platform.python_version(),
             "note": "latencies are this host's, not a phone's; ratios to the Keras model carry across machines"}
 
@@ -254,7 +278,8 @@ def benchmark(cfg, root: Path, progress: bool = True) -> dict:
         x_test, y_test = x_test[:settings.accuracy_images], y_test[:settings.accuracy_images]
     class_names = export_results["dataset"]["classes"]
     work = root / "bench" / "work"
-    inputs = write_inputs(work / "inputs.npz", x_test, sizes={input_size(e["path"]) for e in entries})
+    inputs = write_inputs(work / "inputs.npz", x_test,
+                          sizes={e.get("input_size") or input_size(e["path"]) or cfg.data.image_size for e in entries})
 
     peak = {}
     for threads in sorted({t.host_threads() for t in targets}):

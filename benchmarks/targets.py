@@ -19,6 +19,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pipeline.errors import ConfigError
 
 
+def available_cpus() -> int:
+    """Cores this process may run on (CPU affinity, e.g. a container's cpuset), not the machine's total."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -56,7 +64,7 @@ class Target(_Strict):
         return v
 
     def host_threads(self, cpus: Optional[int] = None) -> int:
-        return min(self.threads, cpus or os.cpu_count() or 1)
+        return min(self.threads, cpus or available_cpus())
 
     def thread_note(self, cpus: Optional[int] = None) -> Optional[str]:
         used = self.host_threads(cpus)

@@ -39,12 +39,13 @@ class Session:
         raise NotImplementedError
 
 
-def open_session(path: Path, runtime: str, threads: int = 1) -> Session:
+def open_session(path: Path, runtime: str, threads: int = 1, benchmark: bool = False) -> Session:
+    """``benchmark``: the session shares the CPU with other files timed in turn (see ``OnnxSession``)."""
     path = Path(path)
     if runtime == "litert":
         return LiteRTSession(path, threads)
     if runtime == "onnxruntime":
-        return OnnxSession(path, threads)
+        return OnnxSession(path, threads, spin=not benchmark)
     if runtime == "keras":
         return KerasSession(path)
     raise ValueError(f"unknown runtime {runtime!r}; valid runtimes: {', '.join(RUNTIMES)}")
@@ -104,12 +105,16 @@ class LiteRTSession(Session):
 
 
 class OnnxSession(Session):
-    def __init__(self, path: Path, threads: int, batch: int = 32):
+    def __init__(self, path: Path, threads: int, batch: int = 32, spin: bool = True):
         import onnxruntime as ort
 
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
+        if not spin:
+            # onnxruntime's pool threads busy-wait after each run; when files are timed in
+            # turn, that spinning would steal a core from the next file's run.
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.input = self.session.get_inputs()[0]
         self.batch = batch
