@@ -142,33 +142,56 @@ def _ratios(row: dict, keras: dict) -> dict:
     return {k: round(a / b, 6) if b > 0 else None for k, (a, b) in pairs.items()}
 
 
-def bench_target(target: Target, entries: list[dict], inputs: Path, labels: np.ndarray, class_names: list[str],
-                 peak: dict, settings, work: Path, progress: bool = True) -> tuple[dict, list[dict]]:
+def measure(plan: list[tuple[Target, list[dict]]], inputs: Path, settings, work: Path,
+            progress: bool = True) -> tuple[dict, float]:
+    """Time every file of every target in one interleaved run; then each worker's memory and predictions.
+
+    All targets share the rounds, so a slow minute of the machine is spread over
+    every target and file alike instead of landing on whichever target ran then.
+    Returns ``{(target, key): {"worker", "memory", "probs"}}`` and the timing seconds.
+    """
     from tqdm import tqdm
 
-    threads = target.host_threads()
-    workers = {}
-    bar = _progress_bar(target.name, settings.max_seconds) if progress else None
+    quiet = None if progress else True
+    workers: dict[tuple[str, str], Worker] = {}
+    bar = _progress_bar("all targets", settings.max_seconds * len(plan)) if progress else None
+    where = ""
     try:
-        for e in tqdm(entries, desc=f"[bench] {target.name}: loading", leave=False, disable=None if progress else True):
-            w = Worker(e["key"], e["path"], e["runtime"], threads, inputs, work / f"{target.name}-{_slug(e['key'])}.log")
-            workers[e["key"]] = w.start()
+        for target, entries in plan:
+            for e in entries:
+                where = f"target {target.name}"
+                log_file = work / f"{target.name}-{_slug(e['key'])}.log"
+                workers[(target.name, e["key"])] = Worker(e["key"], e["path"], e["runtime"], target.host_threads(),
+                                                          inputs, log_file)
+        for w in tqdm(list(workers.values()), desc="[bench] loading", leave=False, disable=quiet):
+            w.start()
+        where = "one of the targets"
         seconds = interleave(list(workers.values()), min_runs=settings.min_runs, max_runs=settings.max_runs,
-                             max_seconds=settings.max_seconds, rel_ci=settings.rel_ci, burst=settings.burst,
-                             warmup=settings.warmup, progress=bar)
-        memory = {k: w.ask(op="memory") for k, w in workers.items()}
-        scored = [e["key"] for e in entries if e["origin"] != "reference"]  # reference files have other labels
-        probs = {k: np.asarray(workers[k].ask(op="predict")["probs"], np.float32)
-                 for k in tqdm(scored, desc=f"[bench] {target.name}: accuracy", leave=False,
-                               disable=None if progress else True)}
+                             max_seconds=settings.max_seconds * len(plan), rel_ci=settings.rel_ci,
+                             burst=settings.burst, warmup=settings.warmup, progress=bar)
+        out = {k: {"worker": w, "memory": w.ask(op="memory"), "probs": None} for k, w in workers.items()}
+        origin = {(t.name, e["key"]): e["origin"] for t, entries in plan for e in entries}
+        scored = [k for k in workers if origin[k] != "reference"]  # reference files have other labels
+        for k in tqdm(scored, desc="[bench] accuracy", leave=False, disable=quiet):
+            out[k]["probs"] = np.asarray(workers[k].ask(op="predict")["probs"], np.float32)
     except WorkerError as exc:
-        raise BenchmarkError(f"{exc}; the file cannot be benchmarked on target {target.name}.") from None
+        raise BenchmarkError(f"{exc}; the file cannot be benchmarked on {where}.") from None
     finally:
         if bar is not None:
             bar.close()
         for w in workers.values():
             w.close()
+    return out, seconds
 
+
+def target_rows(target: Target, entries: list[dict], measured: dict, seconds: float, labels: np.ndarray,
+                class_names: list[str], peak: dict) -> tuple[dict, list[dict]]:
+    """One target's rows from the shared measurements, with ratios, accuracy, efficiency and budgets."""
+    threads = target.host_threads()
+    workers = {e["key"]: measured[(target.name, e["key"])]["worker"] for e in entries}
+    memory = {e["key"]: measured[(target.name, e["key"])]["memory"] for e in entries}
+    probs = {e["key"]: measured[(target.name, e["key"])]["probs"] for e in entries
+             if measured[(target.name, e["key"])]["probs"] is not None}
     keras_acc = accuracy.metrics(probs[KERAS_KEY], labels, class_names)
     rows = []
     for e in entries:
@@ -198,7 +221,8 @@ def bench_target(target: Target, entries: list[dict], inputs: Path, labels: np.n
             row["accuracy"] = acc
         if e.get("macs"):
             kind = efficiency.peak_precision(e["format"]) if e["format"] else ("int8" if e["fully_integer"] else "fp32")
-            row["efficiency"] = {**efficiency.efficiency(e["macs"], stats["p50"], peak[f"{kind}_gmacs"]), "peak_kind": kind}
+            row["efficiency"] = {**efficiency.efficiency(e["macs"], row["latency_ms"]["p50"], peak[f"{kind}_gmacs"]),
+                                 "peak_kind": kind}
         if e["origin"] == "build":
             failures = _budget_failures(target, row)
             row["budget"] = {"passed": not failures, "failures": failures}
@@ -288,20 +312,24 @@ def benchmark(cfg, root: Path, progress: bool = True) -> dict:
         log.info("[bench] host peak at %d thread(s): fp32 %.1f GMAC/s, int8 %.1f GMAC/s",
                  threads, measured["fp32_gmacs"], measured["int8_gmacs"])
 
-    summaries, rows = [], []
+    plan = []
     for target in targets:
         chosen = [e for e in entries if e["origin"] == "keras" or
                   target.admits(e["format"] or "", e["runtime"], e["fully_integer"]) or
                   (e["origin"] == "reference" and e["runtime"] == target.runtime
                    and (not target.fully_integer_only or e["fully_integer"]))]
-        # Keras last in the list is only bookkeeping: rounds are shuffled.
         log.info("[bench] %s: %s, %d thread(s), %d file(s) + Keras", target.name, target.runtime,
                  target.host_threads(), len(chosen) - 1)
-        summary, target_rows = bench_target(target, chosen, inputs, y_test, class_names,
-                                            peak[str(target.host_threads())], settings, work, progress)
+        plan.append((target, chosen))
+    measured, seconds = measure(plan, inputs, settings, work, progress)
+
+    summaries, rows = [], []
+    for target, chosen in plan:
+        summary, these = target_rows(target, chosen, measured, seconds, y_test, class_names,
+                                     peak[str(target.host_threads())])
         summaries.append(summary)
-        rows.extend(target_rows)
-        for r in target_rows:
+        rows.extend(these)
+        for r in these:
             acc = f"top-1 {r['accuracy']['top1']:.4f}" if r["accuracy"] else "top-1 n/a"
             log.info("[bench] %-14s %-40s p50 %8.3f ms  p90 %8.3f ms  x%.3f Keras  %s  RSS %.0f MiB%s",
                      target.name, r["artifact"], r["latency_ms"]["p50"], r["latency_ms"]["p90"],

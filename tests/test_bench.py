@@ -60,7 +60,9 @@ def test_every_file_on_every_admitted_target_against_keras(built):
         assert row["ratio_to_keras"]["p50"] == pytest.approx(lat["p50"] / rows[(target, "keras")]["latency_ms"]["p50"], rel=1e-3)
         assert row["memory"]["peak_rss_mb"] > row["memory"]["baseline_rss_mb"] > 0
         assert row["cold_start"]["load_ms"] > 0 and row["cold_start"]["first_inference_ms"] > 0
-        assert row["efficiency"]["macs"] > 0 and 0 < row["efficiency"]["fraction_of_peak"]
+        eff = row["efficiency"]
+        assert eff["macs"] > 0 and eff["gmacs_per_s"] == pytest.approx(eff["macs"] / lat["p50"] / 1e6, rel=1e-6)
+        assert eff["fraction_of_peak"] == pytest.approx(eff["gmacs_per_s"] / eff["peak_gmacs"], rel=1e-6)
         if row["origin"] == "reference":
             assert row["accuracy"] is None and row["budget"] is None
             continue
