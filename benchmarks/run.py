@@ -144,17 +144,15 @@ def _ratios(row: dict, keras: dict) -> dict:
 
 def measure(plan: list[tuple[Target, list[dict]]], inputs: Path, settings, work: Path,
             progress: bool = True) -> tuple[dict, float]:
-    """Time every file of every target in one interleaved run; then each worker's memory and predictions.
+    """Time every file of the planned targets in one interleaved run; then each worker's memory and predictions.
 
-    All targets share the rounds, so a slow minute of the machine is spread over
-    every target and file alike instead of landing on whichever target ran then.
     Returns ``{(target, key): {"worker", "memory", "probs"}}`` and the timing seconds.
     """
     from tqdm import tqdm
 
     quiet = None if progress else True
     workers: dict[tuple[str, str], Worker] = {}
-    bar = _progress_bar("all targets", settings.max_seconds * len(plan)) if progress else None
+    bar = _progress_bar(", ".join(t.name for t, _ in plan), settings.max_seconds * len(plan)) if progress else None
     where = ""
     try:
         for target, entries in plan:
@@ -321,10 +319,12 @@ def benchmark(cfg, root: Path, progress: bool = True) -> dict:
         log.info("[bench] %s: %s, %d thread(s), %d file(s) + Keras", target.name, target.runtime,
                  target.host_threads(), len(chosen) - 1)
         plan.append((target, chosen))
-    measured, seconds = measure(plan, inputs, settings, work, progress)
 
     summaries, rows = [], []
     for target, chosen in plan:
+        # One target at a time: interleaving targets too put multi-threaded files beside
+        # many idle-spinning thread pools and made them slower than at one thread.
+        measured, seconds = measure([(target, chosen)], inputs, settings, work, progress)
         summary, these = target_rows(target, chosen, measured, seconds, y_test, class_names,
                                      peak[str(target.host_threads())])
         summaries.append(summary)
