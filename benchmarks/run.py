@@ -98,7 +98,9 @@ def candidates(root: Path, export_results: dict, references: list[Path]) -> list
                     "fully_integer": _readable(path, _tflite_integer) if runtime == "litert" else None,
                     "input_size": _readable(path, input_size),
                     "sparsity": None, **_file_facts(path)})
-    keras_path = root / "finetune" / "model.keras"
+    # The Keras model as shipped (the `keras` export, no optimizer state) when it was exported.
+    shipped = [a for a in export_results["artifacts"] if a["format"] == "keras" and a["status"] != "failed"]
+    keras_path = root / "artifacts" / shipped[0]["file"] if shipped else root / "finetune" / "model.keras"
     out.append({"key": KERAS_KEY, "name": f"{export_results['name']}-keras", "origin": "keras", "format": "keras",
                 "runtime": "keras", "precision": "fp32", "path": keras_path, "file": str(keras_path.relative_to(root)),
                 "fully_integer": False, "sparsity": None, **_file_facts(keras_path)})

@@ -145,8 +145,10 @@ def test_bgr_per_channel_normalization_is_not_folded_and_uint8_input_is_still_th
     assert check.top1_agreement >= 0.9 and inspect.tflite_summary(path)["fully_integer"]
 
 
-# Plain QAT (preserve_sparsity False) is converted by the same code; the optimize stage's test exports it.
-@pytest.mark.parametrize("preserve_sparsity", [True])
+# Plain QAT (preserve_sparsity False) is converted by the same code. ~1 min per case on 2 cores:
+# the fast suite converts a sparsity-preserving QAT model in the optimize stage's end-to-end test.
+@pytest.mark.slow
+@pytest.mark.parametrize("preserve_sparsity", [True, False])
 def test_qat_models_convert_to_full_integer_files_that_match_the_float_model(preserve_sparsity, peaked_model, images,
                                                                             tmp_path):
     """What the QAT exporters get: a tfmot model whose preprocess layer is left un-annotated."""

@@ -105,25 +105,26 @@ def test_optimize_stage_prunes_and_quantizes_into_published_files(tmp_path):
         optimize={"prune": {"target_sparsity": 0.5, "epochs": 2, "lr": 0.001}, "qat": {"epochs": 1, "lr": 0.0001}},
         # The tiny model barely learns in two epochs: accuracy budgets are checked by test_exporters
         # (QAT conversion against the float model) and by the flowers run; here, what the stage makes.
-        export={"formats": ["tflite-qat-int8", "tflite-pruned-int8"], "latency_runs": 0,
+        # Plain QAT (tflite-qat-int8) runs the same code minus pruning: test_exporters converts it (slow).
+        export={"formats": ["tflite-int8", "tflite-pruned-int8"], "latency_runs": 0,
                 "calibration_samples": 20, "on_budget_fail": "warn"},
     )
     cfg = load_config(path)
     assert runner.run(cfg, str(path)) == ["data", "finetune", "optimize", "export"]
     results = json.loads((cfg.build_root / "export/results.json").read_text())
     by_format = {a["format"]: a for a in results["artifacts"]}
-    for fmt in ("tflite-qat-int8", "tflite-pruned-int8"):
+    for fmt in ("tflite-int8", "tflite-pruned-int8"):
         entry = by_format[fmt]
         assert entry["status"] in ("passed", "warned") and entry["fully_integer"], (fmt, entry.get("error"))
         assert (cfg.build_root / "artifacts" / entry["file"]).is_file()
-    assert by_format["tflite-qat-int8"]["source_model"] == "qat"
-    pruned, dense = by_format["tflite-pruned-int8"], by_format["tflite-qat-int8"]
+    assert by_format["tflite-pruned-int8"]["source_model"] == "pruned-qat"
+    pruned, dense = by_format["tflite-pruned-int8"], by_format["tflite-int8"]
     # Sparsity read back from the exported bytes, not from the config.
     assert pruned["sparsity"] >= 0.49 and dense["sparsity"] < 0.05
     assert pruned["sparsity"] == inspect.tflite_summary(cfg.build_root / "artifacts" / pruned["file"])["sparsity"]
     assert pruned["gzip_bytes"] < dense["gzip_bytes"]
     report = results["optimize"]
-    assert report["models"] == ["pruned-qat", "qat"]
+    assert report["models"] == ["pruned-qat"]
     assert report["pruning"]["sparsity"] == pytest.approx(0.5, abs=0.005)
     assert report["pruning"]["sparsity_after_qat"] == pytest.approx(0.5, abs=0.005)
     assert report["pruning"]["layer_sparsity"]["Conv1"] == pytest.approx(0.5, abs=0.02)
@@ -136,7 +137,7 @@ def test_optimize_stage_prunes_and_quantizes_into_published_files(tmp_path):
                                            "export": "after optimize re-runs"}
     # Without an optimized format the stage is not needed and export no longer depends on it.
     plain = load_config(path, ["export.formats=[keras, tflite-int8]"])
-    assert [name for name, _ in runner.not_needed(plain)] == ["optimize"]
+    assert [name for name, _ in runner.not_needed(plain)] == ["optimize", "bench"]  # bench: targets [] here
     assert dict(runner.status(plain)) == {"data": None, "finetune": None, "export": "config section(s) export changed"}
 
 

@@ -48,10 +48,9 @@ def test_digits_lifecycle_exports_validates_and_caches(tmp_path):
     changed = load_config(path, ["train.head_epochs=2"])
     assert dict(runner.status(changed)) == {
         "data": None, "finetune": "config section(s) train changed", "export": "after finetune re-runs"}
-    assert runner.run(changed, str(path)) == ["finetune", "export"]
 
     # An export key re-runs export only; a deleted artifact is noticed too.
-    fewer = load_config(path, ["train.head_epochs=2", "export.formats=[keras, tflite-fp32]"])
+    fewer = load_config(path, ["export.formats=[keras, tflite-fp32]"])
     assert runner.run(fewer, str(path)) == ["export"]
     assert not (artifacts / "tiny_fp32.onnx").exists()
     (artifacts / "tiny_fp32.tflite").unlink()
@@ -59,12 +58,18 @@ def test_digits_lifecycle_exports_validates_and_caches(tmp_path):
     assert runner.run(fewer, str(path)) == ["export"]
 
 
+@pytest.fixture(scope="module")
+def budget_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("budget")
+
+
 @pytest.mark.parametrize("exporter, attr, file, reason", [
     (TFLiteFP32, "max_abs_diff", "tiny_fp32.tflite", "max |dp|"),
     (TFLiteInt8, "max_accuracy_drop_pp", "tiny_int8.tflite", "top-1 dropped"),
 ])
-def test_file_over_budget_fails_the_run_and_is_not_published(tmp_path, monkeypatch, exporter, attr, file, reason):
-    path = write_config(tmp_path / "tiny.yaml", export={"formats": [exporter.name], "latency_runs": 0})
+def test_file_over_budget_fails_the_run_and_is_not_published(budget_dir, monkeypatch, exporter, attr, file, reason):
+    # Both cases share one build folder: the second reuses the first's data and fine-tuned model.
+    path = write_config(budget_dir / "tiny.yaml", export={"formats": [exporter.name], "latency_runs": 0})
     cfg = load_config(path)
     monkeypatch.setattr(exporter, attr, -1.0)  # no file can meet this
     with pytest.raises(BudgetError) as err:
@@ -105,6 +110,7 @@ def test_image_folder_source_end_to_end(tmp_path, image_folder):
     assert all(a["status"] == "passed" for a in results["artifacts"])
 
 
+@pytest.mark.slow  # ~2.5 min on 2 cores; the ResNet50 model itself is built and checked in test_models
 def test_resnet50_goes_through_every_stage(tmp_path):
     path = write_config(
         tmp_path / "resnet.yaml", name="resnet",
