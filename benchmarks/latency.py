@@ -148,18 +148,19 @@ def interleave(workers: list[Worker], *, min_runs: int = 30, max_runs: int = 200
     order = list(workers)
     for worker in order:  # caches, thread pools and lazy allocations settle before any timing counts
         worker.ask(op="time", n=warmup)
+    before = {id(w): len(w.times) for w in workers}  # bounds count this call's runs (workers may carry earlier ones)
     started = time.perf_counter()
     while True:
         rng.shuffle(order)
         for worker in order:
             worker.times.extend(worker.ask(op="time", n=burst)["times_ms"])
         elapsed = time.perf_counter() - started
-        runs = min(len(w.times) for w in workers)
+        runs = min(len(w.times) - before[id(w)] for w in workers)
         if progress is not None:
             progress(elapsed, runs)
         if runs >= max_runs or elapsed >= max_seconds:
             return elapsed
-        if runs >= min_runs and all(relative_ci(summarize(w.times)) <= rel_ci for w in workers):
+        if rel_ci > 0 and runs >= min_runs and all(relative_ci(summarize(w.times)) <= rel_ci for w in workers):
             return elapsed
 
 

@@ -146,9 +146,9 @@ def _ratios(row: dict, keras: dict) -> dict:
 
 def measure(plan: list[tuple[Target, list[dict]]], inputs: Path, settings, work: Path,
             progress: bool = True) -> tuple[dict, float]:
-    """Time every file of the planned targets in one interleaved run; then each worker's memory and predictions.
+    """Time every file of the planned targets, interleaved round by round; then each worker's memory and predictions.
 
-    Returns ``{(target, key): {"worker", "memory", "probs"}}`` and the timing seconds.
+    Returns ``{(target, key): {"worker", "memory", "probs"}}`` and the timing seconds per target.
     """
     from tqdm import tqdm
 
@@ -166,9 +166,27 @@ def measure(plan: list[tuple[Target, list[dict]]], inputs: Path, settings, work:
         for w in tqdm(list(workers.values()), desc="[bench] loading", leave=False, disable=quiet):
             w.start()
         where = "one of the targets"
-        seconds = interleave(list(workers.values()), min_runs=settings.min_runs, max_runs=settings.max_runs,
-                             max_seconds=settings.max_seconds * len(plan), rel_ci=settings.rel_ci,
-                             burst=settings.burst, warmup=settings.warmup, progress=bar)
+        groups = [[workers[(t.name, e["key"])] for e in entries] for t, entries in plan]
+        seconds = {t.name: 0.0 for t, _ in plan}
+        if settings.blocks == 1:  # each target in one stretch, stopping early once its medians are stable
+            for (target, _), group in zip(plan, groups):
+                seconds[target.name] = interleave(
+                    group, min_runs=settings.min_runs, max_runs=settings.max_runs, max_seconds=settings.max_seconds,
+                    rel_ci=settings.rel_ci, burst=settings.burst, warmup=settings.warmup)
+        else:
+            # Each target is timed in `blocks` slices spread over the whole benchmark, one target
+            # at a time: a slow minute of a shared machine then lands on every target alike, and
+            # no multi-threaded file runs beside another target's idle-spinning thread pools.
+            done = 0.0
+            for _ in range(settings.blocks):
+                for (target, _), group in zip(plan, groups):
+                    spent = interleave(group, min_runs=1, max_runs=-(-settings.max_runs // settings.blocks),
+                                       max_seconds=settings.max_seconds / settings.blocks, rel_ci=0.0,
+                                       burst=settings.burst, warmup=settings.warmup)
+                    seconds[target.name] += spent
+                    done += spent
+                    if bar is not None:
+                        bar(done, min(len(w.times) for g in groups for w in g))
         out = {k: {"worker": w, "memory": w.ask(op="memory"), "probs": None} for k, w in workers.items()}
         origin = {(t.name, e["key"]): e["origin"] for t, entries in plan for e in entries}
         scored = [k for k in workers if origin[k] != "reference"]  # reference files have other labels
@@ -321,13 +339,11 @@ def benchmark(cfg, root: Path, progress: bool = True) -> dict:
         log.info("[bench] %s: %s, %d thread(s), %d file(s) + Keras", target.name, target.runtime,
                  target.host_threads(), len(chosen) - 1)
         plan.append((target, chosen))
+    measured, seconds = measure(plan, inputs, settings, work, progress)
 
     summaries, rows = [], []
     for target, chosen in plan:
-        # One target at a time: interleaving targets too put multi-threaded files beside
-        # many idle-spinning thread pools and made them slower than at one thread.
-        measured, seconds = measure([(target, chosen)], inputs, settings, work, progress)
-        summary, these = target_rows(target, chosen, measured, seconds, y_test, class_names,
+        summary, these = target_rows(target, chosen, measured, seconds[target.name], y_test, class_names,
                                      peak[str(target.host_threads())])
         summaries.append(summary)
         rows.extend(these)

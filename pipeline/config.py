@@ -196,8 +196,12 @@ class BenchmarkConfig(_Section):
     rel_ci: float = Field(default=0.01, gt=0, lt=1)
     # Timed calls per worker per round (each round starts with one untimed call).
     burst: int = Field(default=3, ge=1, le=100)
-    # Untimed calls per file before the first round.
+    # Untimed calls per file before the first round (of each block).
     warmup: int = Field(default=10, ge=0)
+    # Slices each target's timing is split into, spread over the whole benchmark
+    # (targets take turns); 1 times each target in one stretch and may stop early
+    # once every median is within rel_ci.
+    blocks: int = Field(default=3, ge=1, le=100)
     # Test images for the per-target accuracy; None = the whole test split.
     accuracy_images: Optional[int] = Field(default=None, ge=1)
     # Seconds of GEMM per thread count for the host's measured peak.

@@ -64,7 +64,8 @@ def test_pruning_zeroes_conv_and_dense_kernels_and_strips_the_wrappers(model):
     assert compression.overall_sparsity(pruned) == pytest.approx(0.5, abs=0.005)
 
 
-@pytest.mark.parametrize("preserve", [True, False])
+# False shows plain QAT training the zeros away (~45 s on 2 cores): in the slow suite.
+@pytest.mark.parametrize("preserve", [True, pytest.param(False, marks=pytest.mark.slow)])
 def test_only_sparsity_preserving_qat_keeps_the_zeros(model, preserve):
     pruned = _pruned(model)
     qat = compression.quantize_aware(pruned, preserve_sparsity=preserve)
