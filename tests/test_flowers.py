@@ -18,8 +18,13 @@ def test_flowers_fine_tune_beats_linear_probe_and_exports_agree(tmp_path, monkey
     monkeypatch.chdir(REPO)  # the config's ../shared paths are relative to the repo root
     config = REPO / "configs/flowers.yaml"
     cfg = load_config(config, [f"build_dir={tmp_path}"])
-    assert runner.run(cfg, str(config)) == ["data", "finetune", "optimize", "export"]
+    assert runner.run(cfg, str(config)) == ["data", "finetune", "optimize", "export", "bench"]
     results = json.loads((cfg.build_root / "export/results.json").read_text())
+    # Issue 4: every published file on the three targets, with Google's files as reference rows.
+    bench = json.loads((cfg.build_root / "bench/results.json").read_text())["benchmark"]
+    assert [t["name"] for t in bench["targets"]] == ["phone-big", "phone-little", "edge-box"]
+    assert sum(r["origin"] == "reference" for r in bench["rows"]) == 4  # 2 files x 2 LiteRT targets
+    assert (cfg.build_root / "report/report.html").is_file()
     fine_tuned = results["reference"]["accuracy"]["top1"]
     baseline = probe(cfg)["test_top1"]
     assert fine_tuned >= baseline + 0.05, (fine_tuned, baseline)
