@@ -12,9 +12,9 @@ the report (``report/``).
 from __future__ import annotations
 
 import glob
-import gzip
 import json
 import logging
+import math
 import platform
 import time
 from pathlib import Path
@@ -28,6 +28,7 @@ from benchmarks.latency import Worker, WorkerError, interleave, relative_ci, sum
 from benchmarks.targets import Target, available_cpus, load_targets
 from exporters.runtimes import RUNTIME_BY_SUFFIX
 from pipeline.errors import ConfigError, PipelineError
+from pipeline.io import gzip_size
 
 log = logging.getLogger("pipeline")
 
@@ -70,8 +71,7 @@ def _readable(path: Path, read):
 
 
 def _file_facts(path: Path) -> dict:
-    blob = path.read_bytes()
-    return {"bytes": len(blob), "gzip_bytes": len(gzip.compress(blob, compresslevel=9, mtime=0))}
+    return {"bytes": path.stat().st_size, "gzip_bytes": gzip_size(path)}
 
 
 def _tflite_integer(path: Path) -> Optional[bool]:
@@ -168,25 +168,22 @@ def measure(plan: list[tuple[Target, list[dict]]], inputs: Path, settings, work:
         where = "one of the targets"
         groups = [[workers[(t.name, e["key"])] for e in entries] for t, entries in plan]
         seconds = {t.name: 0.0 for t, _ in plan}
-        if settings.blocks == 1:  # each target in one stretch, stopping early once its medians are stable
+        # Each target is timed in `blocks` slices spread over the whole benchmark, one target
+        # at a time: a slow minute of a shared machine then lands on every target alike, and
+        # no multi-threaded file runs beside another target's idle-spinning thread pools.
+        # Only a target timed in one stretch may stop early once its medians are stable.
+        one = settings.blocks == 1
+        done = 0.0
+        for _ in range(settings.blocks):
             for (target, _), group in zip(plan, groups):
-                seconds[target.name] = interleave(
-                    group, min_runs=settings.min_runs, max_runs=settings.max_runs, max_seconds=settings.max_seconds,
-                    rel_ci=settings.rel_ci, burst=settings.burst, warmup=settings.warmup)
-        else:
-            # Each target is timed in `blocks` slices spread over the whole benchmark, one target
-            # at a time: a slow minute of a shared machine then lands on every target alike, and
-            # no multi-threaded file runs beside another target's idle-spinning thread pools.
-            done = 0.0
-            for _ in range(settings.blocks):
-                for (target, _), group in zip(plan, groups):
-                    spent = interleave(group, min_runs=1, max_runs=-(-settings.max_runs // settings.blocks),
-                                       max_seconds=settings.max_seconds / settings.blocks, rel_ci=0.0,
-                                       burst=settings.burst, warmup=settings.warmup)
-                    seconds[target.name] += spent
-                    done += spent
-                    if bar is not None:
-                        bar(done, min(len(w.times) for g in groups for w in g))
+                spent = interleave(group, min_runs=settings.min_runs if one else 1,
+                                   max_runs=math.ceil(settings.max_runs / settings.blocks),
+                                   max_seconds=settings.max_seconds / settings.blocks,
+                                   rel_ci=settings.rel_ci if one else 0.0, burst=settings.burst, warmup=settings.warmup)
+                seconds[target.name] += spent
+                done += spent
+                if bar is not None:
+                    bar(done, min(len(w.times) for g in groups for w in g))
         out = {k: {"worker": w, "memory": w.ask(op="memory"), "probs": None} for k, w in workers.items()}
         origin = {(t.name, e["key"]): e["origin"] for t, entries in plan for e in entries}
         scored = [k for k in workers if origin[k] != "reference"]  # reference files have other labels

@@ -1,4 +1,4 @@
-"""Atomic file output and content hashing.
+"""Atomic file output, content hashing and compressed size.
 
 Everything the pipeline publishes is written to a temporary name in the same
 folder and renamed into place, so a run killed halfway never leaves a file
@@ -8,6 +8,7 @@ that a later run would trust.
 from __future__ import annotations
 
 import contextlib
+import gzip
 import hashlib
 import json
 import os
@@ -52,3 +53,8 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
         for block in iter(lambda: fh.read(chunk), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def gzip_size(path: Path) -> int:
+    """Bytes after ``gzip -9`` (no timestamp): the download size, where pruning shows."""
+    return len(gzip.compress(Path(path).read_bytes(), compresslevel=9, mtime=0))

@@ -8,11 +8,11 @@ measures again regardless (``--force bench``).
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from pathlib import Path
 
 from pipeline.config import Config
+from pipeline.io import sha256_file
 from pipeline.stages import Stage
 
 log = logging.getLogger("pipeline")
@@ -23,7 +23,7 @@ def _inputs(cfg: Config) -> dict:
     from benchmarks.run import reference_files
 
     def digest(path: Path):
-        return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
+        return sha256_file(path) if path.is_file() else None
 
     try:
         refs = {str(p): digest(p) for p in reference_files(cfg.benchmark.reference_models)}

@@ -9,7 +9,6 @@ run then fails naming each rejected file.
 
 from __future__ import annotations
 
-import gzip
 import json
 import logging
 import os
@@ -28,7 +27,7 @@ from exporters.validate import validate
 from pipeline import data, models
 from pipeline.config import Config
 from pipeline.errors import BudgetError
-from pipeline.io import atomic_path, sha256_file, write_json
+from pipeline.io import atomic_path, gzip_size, sha256_file, write_json
 from pipeline.stages import Stage
 from pipeline.stages.data import read_labels
 from pipeline.stages import optimize
@@ -138,7 +137,7 @@ def run(cfg: Config, ctx) -> None:
             "source_model": exporter.source,
             "file": filename,
             "bytes": staged.stat().st_size,
-            "gzip_bytes": len(gzip.compress(staged.read_bytes(), compresslevel=9, mtime=0)),
+            "gzip_bytes": gzip_size(staged),
             "sha256": sha256_file(staged),
             "accuracy": {"top1": check.top1, "delta_pp": round(-check.accuracy_drop_pp, 4) + 0.0},
             "validation": check.as_dict(),
