@@ -1,0 +1,292 @@
+"""Exported files describe themselves: standard TFLite Metadata and ONNX metadata_props, read back independently."""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import exporters
+from exporters import inspect, metadata, tflite
+from exporters.runtimes import open_session
+from pipeline import models
+from pipeline.config import ModelConfig
+
+SIZE = 16
+LABELS = ("apple", "leaf", "sky")
+# name -> (exporter, int8_input, int8_output, normalization); the BGR model's caffe
+# preprocessing does not fold into the input quantization, MobileNetV2's does.
+FILES = {
+    "fp32": ("tflite-fp32", "uint8", "float", "mobilenet"),
+    "uint8": ("tflite-int8", "uint8", "float", "mobilenet"),
+    "int8-io": ("tflite-int8", "int8", "int8", "mobilenet"),
+    "uint8-unfolded": ("tflite-int8", "uint8", "float", "bgr"),
+    "onnx": ("onnx-fp32", "uint8", "float", "mobilenet"),
+}
+TFLITE_FILES = [name for name, spec in FILES.items() if spec[0].startswith("tflite")]
+# What each file's metadata must say a caller does: (x - mean) / std, then quantize with the
+# input's scale and zero point; and the range of the input tensor's values.
+EXPECTED_INPUT = {
+    "fp32": {"mean": 0.0, "std": 1.0, "range": (0.0, 255.0)},
+    "uint8": {"mean": 128.0, "std": 127.5, "range": (0.0, 255.0)},
+    "int8-io": {"mean": 128.0, "std": 127.5, "range": (-128.0, 127.0)},
+    "uint8-unfolded": {"mean": 0.0, "std": 1.0, "range": (0.0, 255.0)},
+}
+
+
+def _tiny_classifier(normalization: str):
+    """Raw pixels -> preprocess -> one convolution -> softmax over the labels: converts in a second or two."""
+    from pipeline.keras_compat import keras
+
+    keras.utils.set_random_seed(3)
+    mean, std, order = {"mobilenet": ((127.5,) * 3, (127.5,) * 3, "RGB"),
+                        "bgr": ((103.939, 116.779, 123.68), (1.0,) * 3, "BGR")}[normalization]
+    inputs = keras.Input((SIZE, SIZE, 3), name=models.INPUT_NAME)
+    x = models.Preprocess(mean, std, order, name=models.PREPROCESS_LAYER)(inputs)
+    x = keras.layers.Conv2D(8, 3, strides=2, activation="relu")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    outputs = keras.layers.Dense(len(LABELS), activation="softmax")(x)
+    return keras.Model(inputs, outputs)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory) -> dict[str, Path]:
+    """Each kind of file the exporters write, without metadata, from a tiny classifier."""
+    root = tmp_path_factory.mktemp("exported")
+    calibration = np.random.default_rng(0).integers(0, 256, (16, SIZE, SIZE, 3)).astype(np.float32)
+    built = {kind: _tiny_classifier(kind) for kind in ("mobilenet", "bgr")}
+    files = {}
+    for name, (fmt, int8_input, int8_output, kind) in FILES.items():
+        exporter = exporters.get(fmt)
+        files[name] = root / f"{name}{exporter.suffix}"
+        ctx = exporters.ExportContext(image_size=SIZE, onnx_opset=17, calibration_images=calibration,
+                                      int8_input=int8_input, int8_output=int8_output)
+        exporter.export(built[kind], files[name], ctx)
+    return files
+
+
+@pytest.fixture(scope="module")
+def info() -> metadata.ModelInfo:
+    return metadata.ModelInfo(
+        name="tiny", description="Which of three things the photo shows", version=7, labels=LABELS,
+        preprocessing=models.preprocessing_contract(ModelConfig(weights="none"), SIZE), author="pipeline tests",
+    )
+
+
+@pytest.fixture(scope="session")
+def standard_schema(request, tmp_path_factory):
+    """The reader ``flatc`` generated from the published metadata schema, taken from the tflite-support wheel.
+
+    Only that one file is used (it needs ``flatbuffers`` alone): tflite-support itself no
+    longer imports beside current TensorFlow. The wheel is cached in pytest's cache.
+    """
+    member = "tensorflow_lite_support/metadata/metadata_schema_py_generated.py"
+    cache = Path(request.config.cache.mkdir("tflite-support-0.4.4"))
+    if not list(cache.glob("tflite_support-0.4.4-*.whl")):
+        # Any platform's wheel holds the same generated Python: ask for one that exists.
+        command = [sys.executable, "-m", "pip", "download", "tflite-support==0.4.4", "--no-deps", "--only-binary=:all:",
+                   "--platform", "manylinux2014_x86_64", "--python-version", "3.11", "-d", str(cache), "-q"]
+        try:
+            result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+            reason = (result.stderr.strip().splitlines() or [f"pip exited {result.returncode}"])[-1]
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            reason = str(exc)
+        if not list(cache.glob("tflite_support-0.4.4-*.whl")):
+            pytest.skip(f"cannot download tflite-support 0.4.4 for its schema-generated metadata reader: {reason}")
+    wheel = sorted(cache.glob("tflite_support-0.4.4-*.whl"))[0]
+    target = tmp_path_factory.mktemp("tflite_support") / "metadata_schema_py_generated.py"
+    with zipfile.ZipFile(wheel) as archive:
+        target.write_bytes(archive.read(member))
+    spec = importlib.util.spec_from_file_location("tflite_support_metadata_schema_generated", target)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _with_metadata(path: Path, info: metadata.ModelInfo, tmp_path: Path) -> Path:
+    out = tmp_path / f"meta_{path.name}"
+    out.write_bytes(metadata.write_tflite_metadata(path, info))
+    return out
+
+
+def _standard_metadata(path: Path, schema):
+    """The ModelMetadata of a TFLite file, as the generated reader's object tree."""
+    from ai_edge_litert import schema_py_generated as tfl
+
+    data = path.read_bytes()
+    model = tfl.Model.GetRootAsModel(data, 0)
+    names = [model.Metadata(i).Name().decode() for i in range(model.MetadataLength())]
+    assert names.count("TFLITE_METADATA") == 1, names
+    entry = model.Metadata(names.index("TFLITE_METADATA"))
+    buf = model.Buffers(entry.Buffer()).DataAsNumpy().tobytes()
+    assert schema.ModelMetadata.ModelMetadataBufferHasIdentifier(buf, 0)
+    return schema.ModelMetadataT.InitFromObj(schema.ModelMetadata.GetRootAsModelMetadata(buf, 0))
+
+
+@pytest.mark.parametrize("name", TFLITE_FILES)
+def test_standard_reader_finds_the_labels_and_the_normalization(name, exported, info, standard_schema, tmp_path):
+    path = _with_metadata(exported[name], info, tmp_path)
+    meta = _standard_metadata(path, standard_schema)
+    assert (meta.name, meta.description, meta.version) == (b"tiny", info.description.encode(), b"7")
+    assert meta.author == b"pipeline tests" and meta.minParserVersion == b"1.0.0"
+    (subgraph,) = meta.subgraphMetadata
+    (image,), (probability,) = subgraph.inputTensorMetadata, subgraph.outputTensorMetadata
+
+    types = standard_schema.ContentProperties
+    assert image.name == b"image" and image.content.contentPropertiesType == types.ImageProperties
+    assert image.content.contentProperties.colorSpace == standard_schema.ColorSpaceType.RGB
+    (unit,) = image.processUnits
+    assert unit.optionsType == standard_schema.ProcessUnitOptions.NormalizationOptions
+    expected = EXPECTED_INPUT[name]
+    np.testing.assert_allclose(unit.options.mean, [expected["mean"]] * 3, rtol=1e-6)
+    np.testing.assert_allclose(unit.options.std, [expected["std"]] * 3, rtol=1e-6)
+    assert (list(image.stats.min), list(image.stats.max)) == ([expected["range"][0]] * 3, [expected["range"][1]] * 3)
+
+    assert probability.name == b"probability" and probability.content.contentPropertiesType == types.FeatureProperties
+    (labels_file,) = probability.associatedFiles
+    assert labels_file.name == b"labels.txt"
+    assert labels_file.type == standard_schema.AssociatedFileType.TENSOR_AXIS_LABELS
+    with zipfile.ZipFile(io.BytesIO(path.read_bytes())) as packed:
+        assert packed.namelist() == ["labels.txt"]
+        assert packed.read("labels.txt").decode("utf-8").splitlines() == list(LABELS)
+
+    ours = metadata.read_tflite_metadata(path)  # our reader says the same
+    assert (ours["name"], ours["version"], ours["labels"]) == ("tiny", 7, list(LABELS))
+    assert ours["input"]["normalization"] == {"mean": list(unit.options.mean), "std": list(unit.options.std)}
+    assert ours["input"]["value_range"] == list(expected["range"]) and ours["input"]["color_space"] == "RGB"
+    assert ours["preprocessing"] == info.preprocessing
+
+
+@pytest.mark.parametrize("name", TFLITE_FILES)
+def test_normalizing_then_quantizing_as_the_metadata_says_feeds_exactly_what_the_file_takes(name, exported, info,
+                                                                                            tmp_path):
+    """The schema's convention (and Android Studio's generated code): (pixel - mean) / std, then quantize
+    with the input's scale and zero point. MediaPipe feeds integer inputs the bytes as they are.
+    Both must give what our own runtime feeds: the camera byte (int8: the byte - 128), or the float pixel."""
+    path = _with_metadata(exported[name], info, tmp_path)
+    read = metadata.read_tflite_metadata(path)
+    session = open_session(path, "litert")
+    pixels = np.arange(256, dtype=np.float32).reshape(1, 16, 16, 1).repeat(3, axis=3)
+    mean, std = (np.asarray(read["input"]["normalization"][k], np.float32) for k in ("mean", "std"))
+    x = (pixels - mean) / std
+    if session.quantized_in:
+        scale, zero_point = session.inp["quantization"]
+        x = np.round(x / np.float32(scale) + zero_point)
+        assert x.min() == read["input"]["value_range"][0] and x.max() == read["input"]["value_range"][1]
+        if read["input"]["dtype"] == "uint8":
+            assert np.array_equal(x, pixels)  # what MediaPipe and the Task Library feed a uint8 input
+    np.testing.assert_array_equal(x, session.prepare(pixels).astype(np.float32))
+
+
+@pytest.mark.parametrize("name", TFLITE_FILES)
+def test_adding_metadata_leaves_litert_outputs_bit_identical(name, exported, info, tmp_path):
+    before, after = exported[name], _with_metadata(exported[name], info, tmp_path)
+    images = np.random.default_rng(5).integers(0, 256, (8, SIZE, SIZE, 3)).astype(np.float32)
+    outputs = []
+    for path in before, after:
+        session = open_session(path, "litert")
+        outputs.append(session.invoke(session.prepare(images)))
+    assert outputs[0].dtype == outputs[1].dtype and np.array_equal(outputs[0], outputs[1])
+    assert tflite.raw_pixel_offset(after) == tflite.raw_pixel_offset(before)
+    summary_before, summary_after = inspect.tflite_summary(before), inspect.tflite_summary(after)
+    assert summary_after == summary_before
+
+
+def test_rewriting_metadata_replaces_it_and_the_bytes_are_reproducible(exported, info, tmp_path):
+    from dataclasses import replace
+
+    path = exported["uint8"]
+    once = metadata.write_tflite_metadata(path, info)
+    assert metadata.write_tflite_metadata(path.read_bytes(), info) == once
+    renamed = replace(info, name="other", labels=tuple(reversed(info.labels)))
+    twice = tmp_path / "twice.tflite"
+    twice.write_bytes(metadata.write_tflite_metadata(metadata.write_tflite_metadata(path, renamed), info))
+    assert twice.read_bytes() == once  # the old entry, buffer and packed labels are replaced, not added to
+    entries = metadata.read_tflite_metadata(twice)
+    assert entries["name"] == "tiny" and entries["labels"] == list(info.labels)
+    assert entries["packed_files"] == ["labels.txt"]
+
+
+def test_onnx_metadata_round_trips_passes_the_checker_and_leaves_outputs_identical(exported, info, tmp_path):
+    import onnx
+
+    path = tmp_path / "model.onnx"
+    path.write_bytes(exported["onnx"].read_bytes())
+    metadata.write_onnx_metadata(path, info)
+    proto = onnx.load(str(path))
+    onnx.checker.check_model(proto, full_check=True)
+    assert proto.doc_string == info.description and proto.model_version == 7
+
+    read = metadata.read_metadata(path)
+    assert (read["name"], read["version"], read["labels"]) == ("tiny", 7, list(LABELS))
+    assert read["input"]["normalization"] == {"mean": [0.0] * 3, "std": [1.0] * 3}
+    assert read["input"]["value_range"] == [0.0, 255.0] and read["input"]["dtype"] == "float32"
+    assert read["preprocessing"] == info.preprocessing and read["author"] == "pipeline tests"
+    assert read["props"]["Image.NominalPixelRange"] == "NominalRange_0_255"
+
+    images = np.random.default_rng(6).integers(0, 256, (8, SIZE, SIZE, 3)).astype(np.float32)
+    before, after = (open_session(p, "onnxruntime").predict(images) for p in (exported["onnx"], path))
+    assert np.array_equal(before, after)
+
+
+ODD_LABELS = [
+    ("roses/red", "dandelion\\yellow", "C:\\tulips"),  # slashes
+    ("Schwertlilie", "花", "ñandú 🦤"),  # non-ASCII, an emoji outside the BMP
+    ("x" * 5000, "label with inner  spaces", '"quoted", {json}'),  # very long, JSON-looking
+]
+
+
+@pytest.mark.parametrize("labels", ODD_LABELS, ids=["slashes", "non-ascii", "long"])
+def test_odd_labels_survive_the_round_trip(labels, exported, info, standard_schema, tmp_path):
+    from dataclasses import replace
+
+    odd = replace(info, labels=labels)
+    path = tmp_path / "odd.tflite"
+    path.write_bytes(metadata.write_tflite_metadata(exported["fp32"], odd))
+    assert metadata.read_tflite_metadata(path)["labels"] == list(labels)
+    _standard_metadata(path, standard_schema)  # still a valid standard buffer
+    with zipfile.ZipFile(path) as packed:
+        assert packed.read("labels.txt") == "".join(f"{label}\n" for label in labels).encode("utf-8")
+    onnx_path = tmp_path / "odd.onnx"
+    onnx_path.write_bytes(exported["onnx"].read_bytes())
+    metadata.write_onnx_metadata(onnx_path, odd)
+    assert metadata.read_onnx_metadata(onnx_path)["labels"] == list(labels)
+
+
+@pytest.mark.parametrize("label, complaint", [
+    ("two\nlines", "line break"), ("carriage\rreturn", "line break"), ("para\u2029graph", "line break"),
+    ("", "blank"), ("   ", "blank"), (" padded", "whitespace"), ("bad \udc80 byte", "not valid Unicode"),
+    (3, "not a string"),
+])
+def test_labels_that_would_not_survive_labels_txt_are_rejected_by_name(label, complaint, info):
+    from dataclasses import replace
+
+    with pytest.raises(ValueError, match=f"label 1 .*{complaint}"):
+        replace(info, labels=("fine", label, "also fine"))
+
+
+def test_files_and_infos_that_do_not_match_are_refused(exported, info, tmp_path):
+    from dataclasses import replace
+
+    classes = len(info.labels)
+    with pytest.raises(metadata.MetadataError, match=f"{classes} outputs but {classes - 1} labels"):
+        metadata.write_tflite_metadata(exported["fp32"], replace(info, labels=info.labels[1:]))
+    onnx_path = tmp_path / "model.onnx"
+    onnx_path.write_bytes(exported["onnx"].read_bytes())
+    with pytest.raises(metadata.MetadataError, match=f"{classes} outputs but {classes + 1} labels"):
+        metadata.write_onnx_metadata(onnx_path, replace(info, labels=info.labels + ("extra",)))
+    wrong_size = models.preprocessing_contract(ModelConfig(weights="none"), SIZE * 2)
+    with pytest.raises(metadata.MetadataError, match="not the contract's image"):
+        metadata.write_tflite_metadata(exported["fp32"], replace(info, preprocessing=wrong_size))
+    with pytest.raises(metadata.MetadataError, match="no TFLITE_METADATA"):
+        metadata.read_tflite_metadata(exported["fp32"])
+    with pytest.raises(metadata.MetadataError, match="no metadata props"):
+        metadata.read_onnx_metadata(exported["onnx"])
+    with pytest.raises(ValueError, match="version must be a non-negative integer"):
+        replace(info, version="1.0")
