@@ -13,7 +13,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $@
 
-.PHONY: venv export status bench report gate test test-slow probe clean
+.PHONY: venv export status verify bench report gate test test-slow probe clean
 venv: $(VENV)/.installed
 
 export: $(VENV)/.installed
@@ -21,6 +21,11 @@ export: $(VENV)/.installed
 
 status: $(VENV)/.installed
 	$(PY) -m pipeline status --config $(CONFIG) $(foreach s,$(SET),--set $(s))
+
+# Check the build's files against artifacts/manifest.json (checksums, schema, each file's metadata);
+# DIR=path checks another build or a copied artifacts folder.
+verify: $(VENV)/.installed
+	$(PY) -m pipeline verify $(if $(DIR),$(DIR),$$($(PY) -m pipeline path --config $(CONFIG) $(foreach s,$(SET),--set $(s))))
 
 # Benchmark the last build again (every file on every target of benchmark.targets) and re-render the report;
 # stages that are out of date run first.

@@ -486,16 +486,25 @@ def read_tflite_metadata(path: str | os.PathLike) -> dict:
         "min_parser_version": root.string("min_parser_version"),
         "labels": packed[label_files[0]].decode("utf-8").splitlines(),
         "labels_file": label_files[0],
-        "input": {**_tensor_metadata(inputs[0]), "tensor": graph.Tensors(graph.Inputs(0)).Name().decode("utf-8"),
-                  "dtype": _TFLITE_TYPE_NAMES.get(graph.Tensors(graph.Inputs(0)).Type(), "other")},
-        "output": {**output, "tensor": graph.Tensors(graph.Outputs(0)).Name().decode("utf-8"),
-                   "dtype": _TFLITE_TYPE_NAMES.get(graph.Tensors(graph.Outputs(0)).Type(), "other")},
+        "input": {**_tensor_metadata(inputs[0]), **_tflite_tensor(graph.Tensors(graph.Inputs(0)))},
+        "output": {**output, **_tflite_tensor(graph.Tensors(graph.Outputs(0)))},
         "preprocessing": json.loads(preprocessing) if preprocessing is not None else None,
         "packed_files": sorted(packed),
     }
 
 
 _TFLITE_TYPE_NAMES = {0: "float32", 1: "float16", 3: "uint8", 9: "int8"}  # schema.fbs TensorType
+
+
+def _tflite_tensor(t) -> dict:
+    """Graph name, dtype, shape (-1 for a free dimension) and quantization of a tensor of the model."""
+    q = t.Quantization()
+    quantization = None
+    if q is not None and q.ScaleLength() == 1:
+        quantization = {"scale": float(q.ScaleAsNumpy()[0]), "zero_point": int(q.ZeroPointAsNumpy()[0])}
+    signature = t.ShapeSignatureAsNumpy() if t.ShapeSignatureLength() else t.ShapeAsNumpy()
+    return {"tensor": t.Name().decode("utf-8"), "dtype": _TFLITE_TYPE_NAMES.get(t.Type(), "other"),
+            "shape": [None if int(d) < 0 else int(d) for d in signature], "quantization": quantization}
 
 
 def _tensor_metadata(t: _Table) -> dict:
@@ -595,7 +604,6 @@ def read_onnx_metadata(path: str | os.PathLike) -> dict:
         raise MetadataError(f"{path} has no metadata props {', '.join(missing)}")
     normalization = json.loads(props["normalization"])
     graph = proto.graph
-    elem = onnx.helper.tensor_dtype_to_np_dtype
     return {
         "format": "onnx",
         "name": props["name"],
@@ -604,13 +612,23 @@ def read_onnx_metadata(path: str | os.PathLike) -> dict:
         "author": props.get("model_author"),
         "license": props.get("model_license"),
         "labels": json.loads(props["labels"]),
-        "input": {"name": graph.input[0].name, "dtype": np.dtype(elem(graph.input[0].type.tensor_type.elem_type)).name,
-                  "normalization": normalization, "value_range": json.loads(props["value_range"])},
-        "output": {"name": graph.output[0].name,
-                   "dtype": np.dtype(elem(graph.output[0].type.tensor_type.elem_type)).name},
+        "input": {**_onnx_tensor(graph.input[0]), "normalization": normalization,
+                  "value_range": json.loads(props["value_range"])},
+        "output": _onnx_tensor(graph.output[0]),
         "preprocessing": json.loads(props["preprocessing"]),
         "props": props,
     }
+
+
+def _onnx_tensor(value) -> dict:
+    """Name, dtype and shape (None for a named or free dimension) of a graph input or output."""
+    import onnx
+
+    kind = value.type.tensor_type
+    shape = [d.dim_value if d.HasField("dim_value") else None for d in kind.shape.dim]
+    return {"name": value.name, "tensor": value.name,
+            "dtype": np.dtype(onnx.helper.tensor_dtype_to_np_dtype(kind.elem_type)).name,
+            "shape": shape, "quantization": None}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import tempfile
 from pathlib import Path
 
@@ -23,8 +24,78 @@ def keras_to_onnx(model, path: Path, ctx: ExportContext) -> None:
     # A dynamic batch dimension lets servers batch while phones feed one image.
     spec = (tf.TensorSpec((None, ctx.image_size, ctx.image_size, 3), tf.float32, name="image"),)
     proto, _ = tf2onnx.convert.from_keras(model, input_signature=spec, opset=ctx.onnx_opset)
+    canonicalize(proto)
     onnx.checker.check_model(proto)
     path.write_bytes(proto.SerializeToString())
+
+
+_COUNTER = re.compile(r"__\d+")
+
+
+def canonicalize(proto) -> None:
+    """Name the graph's nodes, tensors and constants the same way for the same model, in place.
+
+    tf2onnx names what it inserts from a process-wide counter and, when it merges equal
+    constants, keeps whichever name it met first in an order that changes from run to run
+    (measured: two conversions of one model in two processes, same ops in the same order,
+    35 of 142 nodes fed differently named constants). So: counters are dropped from node and
+    tensor names (a repeat gets ``__2``, ``__3``... in node order), each constant is named after
+    its first consumer and input slot, and the constants are stored sorted by name. The graph's
+    inputs and outputs keep their names.
+    """
+    import onnx
+
+    graph = proto.graph
+    if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in graph.node for a in n.attribute):
+        return  # control flow with subgraphs: not produced for our models; left as it is
+    boundary = {v.name for v in graph.input} | {v.name for v in graph.output}
+    used: set[str] = set(boundary)
+
+    def unique(base: str) -> str:
+        name, k = base, 1
+        while name in used:
+            k += 1
+            name = f"{base}__{k}"
+        used.add(name)
+        return name
+
+    constants = {i.name for i in graph.initializer}
+    tensors: dict[str, str] = {name: name for name in boundary}
+    for node in graph.node:
+        node.name = unique(_COUNTER.sub("", node.name) or node.op_type)
+        for slot, name in enumerate(node.input):
+            if name in constants and name not in tensors:
+                tensors[name] = unique(f"{node.name}:{slot}")
+        for name in node.output:
+            if name and name not in tensors:
+                tensors[name] = unique(_COUNTER.sub("", name))
+    for init in graph.initializer:
+        if init.name not in tensors:  # unused constant
+            tensors[init.name] = unique(_COUNTER.sub("", init.name))
+    for node in graph.node:
+        node.input[:] = [tensors.get(n, n) if n else n for n in node.input]
+        node.output[:] = [tensors.get(n, n) if n else n for n in node.output]
+    for init in graph.initializer:
+        init.name = tensors[init.name]
+    for info in graph.value_info:
+        info.name = tensors.get(info.name, info.name)
+    # Free dimensions are named from the same counter ("unk__648"): the batch of the graph's
+    # inputs and outputs becomes "batch", any other one "dim_1", "dim_2"... in order of appearance.
+    symbols: dict[str, str] = {}
+    for where, values in (("boundary", list(graph.input) + list(graph.output)), ("inside", graph.value_info)):
+        for value in values:
+            for axis, dim in enumerate(value.type.tensor_type.shape.dim):
+                if dim.HasField("dim_param"):
+                    if dim.dim_param not in symbols:
+                        batch = where == "boundary" and axis == 0
+                        symbols[dim.dim_param] = "batch" if batch else f"dim_{len(symbols) + 1}"
+                    dim.dim_param = symbols[dim.dim_param]
+    ordered = sorted(graph.initializer, key=lambda i: i.name)
+    del graph.initializer[:]
+    graph.initializer.extend(ordered)
+    infos = sorted(graph.value_info, key=lambda v: v.name)
+    del graph.value_info[:]
+    graph.value_info.extend(infos)
 
 
 @register("onnx-fp32")
@@ -80,6 +151,12 @@ class ONNXInt8(Lossy, Exporter):
             )
         if fold is not None:
             quantize_raw_pixels(path, fold.mean, fold.std)
+        import onnx
+
+        proto = onnx.load(str(path))
+        canonicalize(proto)
+        onnx.checker.check_model(proto)
+        path.write_bytes(proto.SerializeToString())
 
 
 def quantize_raw_pixels(path: Path, mean: float, std: float) -> None:

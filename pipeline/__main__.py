@@ -1,4 +1,5 @@
-"""Command line: ``python -m pipeline run|status --config FILE [--set section.key=value ...]``."""
+"""Command line: ``python -m pipeline run|status|path --config FILE [--set section.key=value ...]``,
+``python -m pipeline verify DIR``."""
 
 from __future__ import annotations
 
@@ -29,12 +30,39 @@ def _parser() -> argparse.ArgumentParser:
         if name == "run":
             p.add_argument("--force", action="append", default=[], metavar="STAGE",
                            help="run this stage even if it is up to date (repeatable), e.g. --force bench")
+    p = sub.add_parser("verify", help="check a build's files against its manifest.json: checksums, schema, metadata")
+    p.add_argument("directory", help="a build folder (build/<name>) or its artifacts folder")
     return parser
+
+
+def verify(directory: str) -> int:
+    """0: every file matches the manifest; 1: a file does not (named); 2: no readable manifest."""
+    from pipeline import manifest
+
+    try:
+        result = manifest.verify(directory)
+    except manifest.ManifestError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for line in result.checked:
+        print(f"ok    {line}")
+    for line in result.notes:
+        print(f"note  {line}")
+    for line in result.problems:
+        print(f"FAIL  {line}")
+    if result.problems:
+        print(f"verify failed: {len(result.problems)} problem(s) in {directory}; re-export (make export) to rebuild "
+              "the files, or restore them from the build that wrote the manifest.", file=sys.stderr)
+        return 1
+    print(f"verify passed: {len(result.checked)} files match the manifest")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
+    if args.command == "verify":
+        return verify(args.directory)
     try:
         from pipeline.config import check_paths, load_config
 

@@ -148,6 +148,13 @@ class ExportConfig(_Section):
     on_budget_fail: Literal["fail", "warn"] = "fail"
     # Single-image runs for the quick latency figure (median, 1 thread); 0 skips it.
     latency_runs: int = Field(default=30, ge=0)
+    # What every .tflite and .onnx file says about itself in its metadata (and manifest.json):
+    # a release number (ONNX model_version; TFLite stores it as text), a one-line description
+    # (default: backbone, classes and dataset), and optionally who made it and under which licence.
+    model_version: int = Field(default=1, ge=0)
+    description: Optional[str] = Field(default=None, min_length=1, max_length=2000)
+    author: Optional[str] = Field(default=None, min_length=1, max_length=200)
+    license: Optional[str] = Field(default=None, min_length=1, max_length=200)
 
     @field_validator("formats")
     @classmethod

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import os
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -72,3 +75,66 @@ def run_cli(*args: str, cwd: Path = REPO, env_extra: dict | None = None, timeout
     env = {**os.environ, **(env_extra or {})}
     return subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def standard_schema(request, tmp_path_factory):
+    """The reader ``flatc`` generated from the published metadata schema, taken from the tflite-support wheel.
+
+    Only that one file is used (it needs ``flatbuffers`` alone): tflite-support itself no
+    longer imports beside current TensorFlow. The wheel is cached in pytest's cache.
+    """
+    member = "tensorflow_lite_support/metadata/metadata_schema_py_generated.py"
+    cache = Path(request.config.cache.mkdir("tflite-support-0.4.4"))
+    if not list(cache.glob("tflite_support-0.4.4-*.whl")):
+        # Any platform's wheel holds the same generated Python: ask for one that exists.
+        command = [sys.executable, "-m", "pip", "download", "tflite-support==0.4.4", "--no-deps", "--only-binary=:all:",
+                   "--platform", "manylinux2014_x86_64", "--python-version", "3.11", "-d", str(cache), "-q"]
+        try:
+            result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+            reason = (result.stderr.strip().splitlines() or [f"pip exited {result.returncode}"])[-1]
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            reason = str(exc)
+        if not list(cache.glob("tflite_support-0.4.4-*.whl")):
+            pytest.skip(f"cannot download tflite-support 0.4.4 for its schema-generated metadata reader: {reason}")
+    wheel = sorted(cache.glob("tflite_support-0.4.4-*.whl"))[0]
+    target = tmp_path_factory.mktemp("tflite_support") / "metadata_schema_py_generated.py"
+    with zipfile.ZipFile(wheel) as archive:
+        target.write_bytes(archive.read(member))
+    spec = importlib.util.spec_from_file_location("tflite_support_metadata_schema_generated", target)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+TINY_FORMATS = ["keras", "tflite-fp32", "tflite-int8", "onnx-fp32"]
+
+
+@pytest.fixture(scope="session")
+def tiny_build(tmp_path_factory):
+    """One tiny digits build (float and int8 TFLite, ONNX, Keras), exported once for every test module.
+
+    Tests read it; a test that changes files works on a copy (``copy_build``).
+    """
+    from pipeline import runner
+    from pipeline.config import load_config
+
+    tmp = tmp_path_factory.mktemp("tiny_build")
+    path = write_config(tmp / "tiny.yaml", export={"formats": TINY_FORMATS, "latency_runs": 0})
+    cfg = load_config(path)
+    assert runner.run(cfg, str(path)) == ["data", "finetune", "export"]
+    return cfg, path
+
+
+def copy_build(tiny_build, destination: Path, **sections):
+    """The tiny build copied to ``destination``, with a config pointing at the copy (stamps still valid)."""
+    import shutil
+
+    from pipeline.config import load_config
+
+    cfg, _ = tiny_build
+    destination.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(cfg.build_root.parent, destination / "build", symlinks=True)
+    config = {"export": {"formats": TINY_FORMATS, "latency_runs": 0}, **sections}
+    path = write_config(destination / "tiny.yaml", **config)
+    return load_config(path), path

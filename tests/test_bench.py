@@ -18,7 +18,7 @@ from benchmarks.targets import load_targets
 from pipeline import runner
 from pipeline.config import load_config
 from pipeline.errors import ConfigError, PipelineError
-from tests.conftest import REPO, write_config
+from tests.conftest import REPO, TINY_FORMATS, copy_build, write_config
 
 TARGETS = REPO / "configs/targets.yaml"
 SCHEMA = json.loads((REPO / "benchmarks/results.schema.json").read_text())
@@ -26,18 +26,15 @@ FAST = {"min_runs": 10, "max_runs": 60, "max_seconds": 3, "burst": 2, "peak_seco
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    """A tiny digits build with float, int8 and ONNX files, benchmarked on three targets with one reference file."""
+def built(tiny_build, tmp_path_factory):
+    """The tiny digits build (float, int8 and ONNX files), benchmarked on three targets with one reference file."""
     tmp = tmp_path_factory.mktemp("bench")
-    formats = ["keras", "tflite-fp32", "tflite-int8", "onnx-fp32"]
-    path = write_config(tmp / "tiny.yaml", export={"formats": formats, "latency_runs": 0})
-    cfg = load_config(path)
-    assert runner.run(cfg, str(path)) == ["data", "finetune", "export"]
+    cfg, _ = copy_build(tiny_build, tmp)
     # A "published" file to compare against: our own fp32 file under another name.
     reference = tmp / "published_fp32.tflite"
     shutil.copyfile(cfg.build_root / "artifacts/tiny_fp32.tflite", reference)
     bench = {"targets": ["phone-little", "edge-box", "int8-accelerator"], "reference_models": [str(reference)], **FAST}
-    path = write_config(tmp / "tiny.yaml", export={"formats": formats, "latency_runs": 0}, benchmark=bench)
+    path = write_config(tmp / "tiny.yaml", export={"formats": TINY_FORMATS, "latency_runs": 0}, benchmark=bench)
     cfg = load_config(path)
     assert runner.run(cfg, str(path)) == ["bench"]
     return cfg, path, json.loads((cfg.build_root / "bench/results.json").read_text())

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
 import io
-import subprocess
-import sys
 import zipfile
 from pathlib import Path
 
@@ -77,36 +74,6 @@ def info() -> metadata.ModelInfo:
         name="tiny", description="Which of three things the photo shows", version=7, labels=LABELS,
         preprocessing=models.preprocessing_contract(ModelConfig(weights="none"), SIZE), author="pipeline tests",
     )
-
-
-@pytest.fixture(scope="session")
-def standard_schema(request, tmp_path_factory):
-    """The reader ``flatc`` generated from the published metadata schema, taken from the tflite-support wheel.
-
-    Only that one file is used (it needs ``flatbuffers`` alone): tflite-support itself no
-    longer imports beside current TensorFlow. The wheel is cached in pytest's cache.
-    """
-    member = "tensorflow_lite_support/metadata/metadata_schema_py_generated.py"
-    cache = Path(request.config.cache.mkdir("tflite-support-0.4.4"))
-    if not list(cache.glob("tflite_support-0.4.4-*.whl")):
-        # Any platform's wheel holds the same generated Python: ask for one that exists.
-        command = [sys.executable, "-m", "pip", "download", "tflite-support==0.4.4", "--no-deps", "--only-binary=:all:",
-                   "--platform", "manylinux2014_x86_64", "--python-version", "3.11", "-d", str(cache), "-q"]
-        try:
-            result = subprocess.run(command, capture_output=True, text=True, timeout=600)
-            reason = (result.stderr.strip().splitlines() or [f"pip exited {result.returncode}"])[-1]
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            reason = str(exc)
-        if not list(cache.glob("tflite_support-0.4.4-*.whl")):
-            pytest.skip(f"cannot download tflite-support 0.4.4 for its schema-generated metadata reader: {reason}")
-    wheel = sorted(cache.glob("tflite_support-0.4.4-*.whl"))[0]
-    target = tmp_path_factory.mktemp("tflite_support") / "metadata_schema_py_generated.py"
-    with zipfile.ZipFile(wheel) as archive:
-        target.write_bytes(archive.read(member))
-    spec = importlib.util.spec_from_file_location("tflite_support_metadata_schema_generated", target)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _with_metadata(path: Path, info: metadata.ModelInfo, tmp_path: Path) -> Path:

@@ -1,10 +1,12 @@
 """export stage: every format in ``export.formats`` is exported, validated, then published.
 
-Each file is written to ``export/staging/``, loaded in its real runtime, run on
-the real test split and compared with the Keras model. Only a file within its
-budget is moved into ``artifacts/``; one that fails stays in staging for
-inspection, every result is still written to ``export/results.json``, and the
-run then fails naming each rejected file.
+Each file is written to ``export/staging/``, given its metadata (labels, the
+preprocessing contract; ``exporters.metadata``), loaded in its real runtime, run
+on the real test split and compared with the Keras model and with itself before
+the metadata was added. Only a file within its budget is moved into
+``artifacts/``; one that fails stays in staging for inspection, every result is
+still written to ``export/results.json``, and the run then fails naming each
+rejected file. ``artifacts/manifest.json`` describes what was published.
 """
 
 from __future__ import annotations
@@ -21,12 +23,13 @@ from pathlib import Path
 import numpy as np
 
 import exporters
-from exporters import inspect
+from exporters import delegates, inspect
+from exporters import metadata as file_metadata
 from exporters.runtimes import load_predictor, median_latency_ms
-from exporters.validate import validate
-from pipeline import data, models
+from exporters.validate import compare
+from pipeline import data, manifest, models
 from pipeline.config import Config
-from pipeline.errors import BudgetError
+from pipeline.errors import BudgetError, DataError
 from pipeline.io import atomic_path, gzip_size, sha256_file, write_json
 from pipeline.stages import Stage
 from pipeline.stages.data import read_labels
@@ -42,7 +45,8 @@ STAGE = Stage(
     code=(
         "pipeline.stages.export", "pipeline.stages.optimize", "pipeline.compression", "exporters.registry",
         "exporters.keras_format", "exporters.tflite", "exporters.onnx", "exporters.folding", "exporters.runtimes",
-        "exporters.validate", "exporters.inspect", "pipeline.models",
+        "exporters.validate", "exporters.inspect", "pipeline.models", "exporters.metadata", "exporters.delegates",
+        "pipeline.manifest",
     ),
 )
 
@@ -60,10 +64,33 @@ def _versions() -> dict:
     return out
 
 
-def calibration_images(train: np.ndarray, count: int, seed: int) -> np.ndarray:
+def calibration_indices(train_size: int, count: int, seed: int) -> np.ndarray:
     """A seeded choice of real training images: the same build always calibrates on the same ones."""
-    order = np.random.default_rng(seed).permutation(len(train))[:count]
-    return train[np.sort(order)].astype(np.float32)
+    return np.sort(np.random.default_rng(seed).permutation(train_size)[:count])
+
+
+def calibration_images(train: np.ndarray, count: int, seed: int) -> np.ndarray:
+    return train[calibration_indices(len(train), count, seed)].astype(np.float32)
+
+
+def model_info(cfg: Config, class_names: list[str], contract: dict) -> file_metadata.ModelInfo:
+    """What the metadata of every file says; a class name no labels file can carry stops the run here."""
+    description = cfg.export.description or (
+        f"Image classifier ({len(class_names)} classes), {cfg.model.backbone} alpha {cfg.model.alpha:g} at "
+        f"{cfg.data.image_size} px, fine-tuned on "
+        f"{'scikit-learn digits' if cfg.data.source == 'digits' else Path(cfg.data.path).name}; "
+        "input: RGB pixels 0..255, output: class probabilities")
+    try:
+        return file_metadata.ModelInfo(name=cfg.name, description=description, version=cfg.export.model_version,
+                                       labels=tuple(class_names), preprocessing=contract, author=cfg.export.author,
+                                       license=cfg.export.license)
+    except ValueError as exc:
+        raise DataError(f"The class names cannot go into the files' metadata: {exc}; rename that class "
+                        "folder.") from None
+
+
+def carries_metadata(path: Path) -> bool:
+    return path.suffix in (".tflite", ".onnx")
 
 
 def inspect_file(path: Path, exporter, model) -> dict:
@@ -107,8 +134,11 @@ def run(cfg: Config, ctx) -> None:
     for folder in (staging, artifacts):
         shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir(parents=True)
+    contract = models.preprocessing_contract(cfg.model, cfg.data.image_size)
+    info = model_info(cfg, class_names, contract)
     x_train, _ = data.load_split(ctx.path("data/train.npz"))
-    calibration = calibration_images(x_train, cfg.export.calibration_samples, cfg.data.seed)
+    chosen = calibration_indices(len(x_train), cfg.export.calibration_samples, cfg.data.seed)
+    calibration = x_train[chosen].astype(np.float32)
     export_ctx = exporters.ExportContext(image_size=cfg.data.image_size, onnx_opset=cfg.export.onnx_opset,
                                          calibration_images=calibration, int8_input=cfg.export.int8_input,
                                          int8_output=cfg.export.int8_output)
@@ -124,11 +154,16 @@ def run(cfg: Config, ctx) -> None:
         filename = f"{cfg.name}{exporter.suffix}"
         staged = staging / filename
         started = time.time()
+        plain = None
         with atomic_path(staged) as tmp:
             exporter.export(trained[exporter.source], tmp, export_ctx)
+            if carries_metadata(tmp):
+                # Outputs before the metadata goes in: adding it must not change one bit of them.
+                plain = load_predictor(tmp, exporter.runtime, cfg.export.threads)(x_test)
+                file_metadata.write_metadata(tmp, info)
         export_s = time.time() - started
-        check = validate(staged, exporter, x_test, y_test, reference, threads=cfg.export.threads,
-                         max_accuracy_drop_pp=cfg.export.budgets.get(fmt))
+        probs = load_predictor(staged, exporter.runtime, cfg.export.threads)(x_test)
+        check = compare(probs, reference, y_test, exporter, cfg.export.budgets.get(fmt))
         entry = {
             "name": f"{cfg.name}-{fmt}",
             "format": fmt,
@@ -147,6 +182,13 @@ def run(cfg: Config, ctx) -> None:
         failures = check.failures
         if exporter.fully_integer and not entry.get("fully_integer", True):
             failures = failures + [f"claims full integer but runs float ops {entry['float_ops']}"]
+        if plain is not None:
+            identical = plain.dtype == probs.dtype and np.array_equal(plain, probs)
+            entry["metadata"] = {"written": True, "outputs_bit_identical": bool(identical), "images": int(len(x_test))}
+            if not identical:
+                failures = failures + ["adding its metadata changed its outputs on the test images"]
+        if exporter.runtime == "litert":
+            entry["delegates"] = delegates.tflite_delegates(staged)
         entry["status"] = "passed" if not failures else ("warned" if cfg.export.on_budget_fail == "warn" else "failed")
         if cfg.export.latency_runs:
             predict = load_predictor(staged, exporter.runtime, threads=1)
@@ -185,7 +227,7 @@ def run(cfg: Config, ctx) -> None:
         },
         "model": {"backbone": cfg.model.backbone, "alpha": cfg.model.alpha, "weights": cfg.model.weights,
                   "image_size": cfg.data.image_size},
-        "preprocessing": models.preprocessing_contract(cfg.model, cfg.data.image_size),
+        "preprocessing": contract,
         "reference": {"format": "keras", "accuracy": {"top1": keras_top1, "majority_class_rate": chance},
                       "at_chance": untrained, "latency_ms": reference_latency},
         "artifacts": entries,
@@ -195,6 +237,33 @@ def run(cfg: Config, ctx) -> None:
         results["optimize"] = json.loads(report.read_text())
     results_path = ctx.path("export/results.json")
     write_json(results_path, results)
+    published = [e for e in entries if e["status"] != "failed"]
+    if published:
+        split = json.loads(ctx.path("data/split.json").read_text(encoding="utf-8"))
+        calibration_files = [split["files"]["train"][i] for i in chosen]
+        bundle = {
+            "schema_version": manifest.MANIFEST_VERSION,
+            "model": {"name": info.name, "version": info.version, "description": info.description,
+                      "author": info.author, "license": info.license, "backbone": cfg.model.backbone,
+                      "alpha": cfg.model.alpha, "weights": cfg.model.weights, "image_size": cfg.data.image_size},
+            "pipeline": manifest.git_state(Path(__file__).resolve().parent),
+            "tools": results["versions"],
+            **manifest.config_facts(cfg),
+            "dataset": manifest.dataset_fingerprint(
+                cfg, split, {name: ctx.path(f"data/{name}.npz") for name in ("train", "val", "test")}),
+            "calibration": manifest.calibration_fingerprint(x_train[chosen], calibration_files, cfg.data.seed),
+            "labels": list(class_names),
+            "labels_file": {"file": labels_out.name, "sha256": sha256_file(labels_out)},
+            "preprocessing": contract,
+            "artifacts": [manifest.artifact_entry(artifacts / e["file"], e, contract, e.get("delegates"),
+                                                  len(class_names)) for e in published],
+        }
+        manifest.check_schema(bundle)
+        manifest_path = artifacts / manifest.MANIFEST
+        write_json(manifest_path, bundle)
+        ctx.record_output(manifest_path)
+        log.info("[export] %s: %d files with sha256, metadata, validation and accelerator support",
+                 manifest_path, len(published))
     if rejected:
         # results.json is written, but no stamp: the next run tries the export again.
         raise BudgetError(
