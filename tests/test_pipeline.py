@@ -26,7 +26,8 @@ def test_digits_lifecycle_exports_validates_and_caches(tmp_path):
     assert runner.run(cfg, str(path)) == ["data", "finetune", "export"]
 
     artifacts = cfg.build_root / "artifacts"
-    assert sorted(p.name for p in artifacts.iterdir()) == ["labels.txt", "tiny.keras", "tiny_fp32.onnx", "tiny_fp32.tflite"]
+    assert sorted(p.name for p in artifacts.iterdir()) == [
+        "labels.txt", "manifest.json", "tiny.keras", "tiny_fp32.onnx", "tiny_fp32.tflite"]
     assert (artifacts / "labels.txt").read_text().splitlines() == [str(i) for i in range(10)]
     results = _results(cfg)
     by_format = {a["format"]: a for a in results["artifacts"]}
