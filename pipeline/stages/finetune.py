@@ -22,7 +22,7 @@ from pipeline.io import atomic_path, write_json
 from pipeline.keras_compat import keras, tf
 from pipeline.stages import Stage
 from pipeline.stages.data import read_labels
-from pipeline.training import compile_model
+from pipeline.training import compile_model, seed_everything
 
 log = logging.getLogger("pipeline")
 
@@ -64,7 +64,7 @@ def _fit(model, phase: str, epochs: int, train_ds, val_ds, best: BestWeights, pa
 
 
 def run(cfg: Config, ctx) -> None:
-    keras.utils.set_random_seed(cfg.data.seed)
+    seed_everything(cfg.data.seed)
     class_names = read_labels(ctx.root)
     x_train, y_train = data.load_split(ctx.path("data/train.npz"))
     x_val, y_val = data.load_split(ctx.path("data/val.npz"))

@@ -26,12 +26,11 @@ from exporters import registry
 from pipeline import compression, data
 from pipeline.config import Config
 from pipeline.io import atomic_path, write_json
-from pipeline.keras_compat import keras
 from pipeline.stages import Stage
 from pipeline.stages.data import read_labels
 from pipeline.stages.finetune import load_model
 from pipeline.distillation import compile_distillation, with_teacher
-from pipeline.training import compile_model
+from pipeline.training import compile_model, seed_everything
 
 log = logging.getLogger("pipeline")
 
@@ -111,7 +110,7 @@ def _quantization_aware_training(base, preserve_sparsity: bool, weights_out: str
 
 
 def run(cfg: Config, ctx) -> None:
-    keras.utils.set_random_seed(cfg.data.seed)
+    seed_everything(cfg.data.seed)
     read_labels(ctx.root)
     x_train, y_train = data.load_split(ctx.path("data/train.npz"))
     x_val, y_val = data.load_split(ctx.path("data/val.npz"))
