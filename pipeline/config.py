@@ -39,6 +39,13 @@ class DataConfig(_Section):
     augment: tuple[Literal[AUGMENTATIONS], ...] = ("horizontal_flip", "brightness", "contrast")
     # Keep at most this many images per class (before splitting): quick trials on big folders.
     limit_per_class: Optional[int] = Field(default=None, ge=3)
+    # A file that is not a usable image (corrupt, truncated, empty, not an image): "skip" leaves it
+    # out and lists it in results.json under data.skipped; "fail" stops the run naming it.
+    on_bad_image: Literal["skip", "fail"] = "skip"
+    # Images larger than this many pixels are skipped rather than decoded (memory, decompression bombs).
+    max_image_pixels: int = Field(default=100_000_000, ge=1)
+    # A class with fewer usable images than this stops the run (3: one each for train, val and test).
+    min_images_per_class: int = Field(default=3, ge=3)
 
     @model_validator(mode="after")
     def _path_matches_source(self) -> "DataConfig":

@@ -25,48 +25,259 @@ RESIZE_POLICY = "center-crop to square, then bilinear resize to image_size"
 
 @dataclass(frozen=True)
 class LabelledFiles:
-    """What a dataset is before decoding: class names and (relative path, label) pairs."""
+    """What a dataset is before decoding: class names, (relative path, label) pairs, and what was left out."""
 
     root: Path
     class_names: tuple[str, ...]
     files: tuple[str, ...]
     labels: np.ndarray
+    # {"file": relative path, "reason": one phrase}: files found under the root that are not images to use.
+    skipped: tuple[dict, ...] = ()
+
+
+def _inside(path: Path, root: Path) -> bool:
+    try:
+        path.resolve().relative_to(root.resolve())
+        return True
+    except (ValueError, OSError, RuntimeError):  # RuntimeError: a symlink loop
+        return False
+
+
+def _relative(path: Path, root: Path) -> str:
+    return str(path.relative_to(root))
+
+
+def _class_files(class_dir: Path, root: Path, skipped: list[dict]) -> list[str]:
+    """Image files under one class folder, nested folders included, in sorted order; the rest is recorded.
+
+    Symlinks are followed when they point inside the dataset (a folder is entered once, so a
+    link loop ends); a link that leaves it, or points nowhere, is skipped.
+    """
+    found, seen = [], set()
+
+    def visit(folder: Path) -> None:
+        real = folder.resolve()
+        if real in seen:
+            return
+        seen.add(real)
+        for entry in sorted(folder.iterdir(), key=lambda p: p.name):
+            rel = _relative(entry, root)
+            if entry.name.startswith("."):
+                skipped.append({"file": rel, "reason": "hidden file or folder"})
+            elif entry.is_symlink() and not entry.exists():
+                skipped.append({"file": rel, "reason": "broken symlink"})
+            elif entry.is_symlink() and not _inside(entry, root):
+                skipped.append({"file": rel, "reason": "symlink to a place outside the dataset folder"})
+            elif entry.is_dir():
+                visit(entry)
+            elif not entry.is_file():
+                skipped.append({"file": rel, "reason": "not a regular file"})
+            elif entry.suffix.lower() not in IMAGE_EXTENSIONS:
+                skipped.append({"file": rel, "reason": f"not an image file (extension {entry.suffix or 'none'!r})"})
+            elif entry.stat().st_size == 0:
+                skipped.append({"file": rel, "reason": "empty file (0 bytes)"})
+            else:
+                found.append(rel)
+
+    visit(class_dir)
+    return found
 
 
 def scan_folder(root: str | Path) -> LabelledFiles:
-    """One sub-folder per class, in sorted order; image files matched by extension, any case."""
+    """One sub-folder per class, in sorted order; image files matched by extension, any case.
+
+    Nothing is decoded here: files that decode badly are found by :func:`decode_files`.
+    """
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"Dataset folder {root} does not exist; set data.path to a folder with one sub-folder per class.")
-    class_dirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    skipped: list[dict] = []
+    class_dirs = []
+    for entry in sorted(root.iterdir(), key=lambda p: p.name):
+        if entry.name.startswith("."):
+            skipped.append({"file": entry.name, "reason": "hidden file or folder"})
+        elif entry.is_dir() and entry.is_symlink() and not _inside(entry, root):
+            skipped.append({"file": entry.name, "reason": "symlink to a folder outside the dataset folder"})
+        elif entry.is_dir():
+            class_dirs.append(entry)
+        else:
+            skipped.append({"file": entry.name, "reason": "not in a class folder"})
+    if not class_dirs:
+        raise DataError(f"Dataset folder {root} has no class sub-folders; put each class's images in a folder "
+                        "named after the class.")
     files: list[str] = []
     labels: list[int] = []
     names: list[str] = []
     for class_dir in class_dirs:
-        images = sorted(
-            p for p in class_dir.rglob("*")
-            if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
-        )
+        images = _class_files(class_dir, root, skipped)
         if not images:
             raise DataError(f"Class folder {class_dir} has no images ({', '.join(IMAGE_EXTENSIONS)}); add images or remove the folder.")
         names.append(class_dir.name)
-        files.extend(str(p.relative_to(root)) for p in images)
+        files.extend(images)
         labels.extend([len(names) - 1] * len(images))
     if len(names) < 2:
         raise DataError(f"Dataset folder {root} has {len(names)} class sub-folder(s); a classifier needs at least two.")
-    return LabelledFiles(root, tuple(names), tuple(files), np.asarray(labels, dtype=np.int64))
+    return LabelledFiles(root, tuple(names), tuple(files), np.asarray(labels, dtype=np.int64), tuple(skipped))
 
 
-def load_image(path: Path, size: int) -> np.ndarray:
+class BadImage(Exception):
+    """An image file that cannot be used; ``reason`` is one phrase for the scan report."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+# 16-bit and 32-bit grey modes PIL's convert("RGB") would clip to white: scaled to 8 bits instead.
+_WIDE_GREY = {"I;16": 257.0, "I;16B": 257.0, "I;16L": 257.0, "I;16N": 257.0, "I": 257.0}
+
+
+def decode_image(data: bytes, size: int, max_pixels: int) -> tuple[np.ndarray, list[str]]:
+    """RGB uint8 (size, size, 3) from a file's bytes, and what had to be converted on the way.
+
+    Raises :class:`BadImage` with a reason for anything that is not a usable image.
+    """
+    import io
+    import warnings
+
+    conversions = []
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as img:
+                width, height = img.size
+                if width * height > max_pixels:
+                    raise BadImage(f"very large image ({width}x{height} = {width * height / 1e6:.1f} MP, over "
+                                   f"data.max_image_pixels {max_pixels / 1e6:g} MP)")
+                img.load()
+                if img.getexif().get(0x0112, 1) not in (0, 1):  # EXIF orientation: the camera was turned
+                    conversions.append("exif_rotated")
+                img = ImageOps.exif_transpose(img)
+                if img.mode in _WIDE_GREY:
+                    conversions.append("16-bit")
+                    grey = np.asarray(img, dtype=np.float64)
+                    if img.mode == "I" and grey.max() <= 255:
+                        conversions[-1] = "32-bit"
+                        grey = grey * 257.0
+                    img = Image.fromarray(np.clip(np.round(grey / _WIDE_GREY[img.mode]), 0, 255).astype(np.uint8), "L")
+                if img.mode != "RGB":
+                    conversions.append(img.mode)
+                    img = img.convert("RGB")  # grayscale, palette, RGBA, CMYK -> RGB
+                img = ImageOps.fit(img, (size, size), method=Image.BILINEAR, centering=(0.5, 0.5))
+                return np.asarray(img, dtype=np.uint8), conversions
+    except BadImage:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise BadImage(f"very large image, refused as a decompression bomb ({exc})") from None
+    except Image.DecompressionBombWarning as exc:
+        raise BadImage(f"very large image, refused as a possible decompression bomb ({exc})") from None
+    except UnidentifiedImageError:
+        raise BadImage("not an image, or an image format PIL cannot read") from None
+    except Exception as exc:  # truncated data, broken chunks, bad headers: the file's problem, named by kind
+        message = str(exc).strip() or exc.__class__.__name__
+        if "truncated" in message.lower():
+            raise BadImage(f"truncated image ({message})") from None
+        raise BadImage(f"corrupt image ({exc.__class__.__name__}: {message})") from None
+
+
+def load_image(path: Path, size: int, max_pixels: int = 100_000_000) -> np.ndarray:
     """Decode any supported image to RGB uint8 (size, size, 3), honouring EXIF orientation."""
     try:
-        with Image.open(path) as img:
-            img = ImageOps.exif_transpose(img)
-            img = img.convert("RGB")  # grayscale, palette, RGBA, CMYK -> RGB
-            img = ImageOps.fit(img, (size, size), method=Image.BILINEAR, centering=(0.5, 0.5))
-            return np.asarray(img, dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise DataError(f"Image {path} cannot be decoded ({exc.__class__.__name__}); remove or replace the file.") from None
+        return decode_image(Path(path).read_bytes(), size, max_pixels)[0]
+    except BadImage as exc:
+        raise DataError(f"Image {path} cannot be used ({exc.reason}); remove or replace the file.") from None
+
+
+@dataclass
+class Decoded:
+    """The images a folder dataset yields, and what the decoding found on the way."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    files: list[str]
+    digests: list[str]  # sha256 of each used file's bytes
+    skipped: list[dict]
+    conversions: dict[str, int]
+
+
+def decode_files(root: Path, files: list[str], labels: np.ndarray, size: int, max_pixels: int,
+                 on_bad_image: str) -> Decoded:
+    """Decode every file once; a bad one is skipped with its reason, or stops the run (``on_bad_image``)."""
+    from collections import Counter
+
+    from tqdm import tqdm
+
+    images, kept, used, digests, skipped, conversions = [], [], [], [], [], Counter()
+    for rel, label in tqdm(list(zip(files, labels)), desc=f"decode {len(files)} images", unit="img", leave=False,
+                           disable=None):
+        try:
+            try:
+                raw = (Path(root) / rel).read_bytes()
+            except OSError as exc:
+                raise BadImage(f"unreadable file ({exc.__class__.__name__})") from None
+            pixels, converted = decode_image(raw, size, max_pixels)
+        except BadImage as exc:
+            if on_bad_image == "fail":
+                raise DataError(f"Image {Path(root) / rel} cannot be used ({exc.reason}); remove or replace it, or "
+                                "set data.on_bad_image: skip to leave such files out.") from None
+            skipped.append({"file": rel, "reason": exc.reason})
+            continue
+        conversions.update(converted)
+        images.append(pixels)
+        kept.append(int(label))
+        used.append(rel)
+        digests.append(hashlib.sha256(raw).hexdigest())
+    stacked = np.stack(images) if images else np.zeros((0, size, size, 3), np.uint8)
+    return Decoded(stacked, np.asarray(kept, np.int64), used, digests, skipped, dict(sorted(conversions.items())))
+
+
+def check_class_counts(class_names: tuple[str, ...], labels: np.ndarray, minimum: int, skipped: list[dict]) -> None:
+    """Every class needs ``minimum`` usable images: say which one falls short, and why, in one sentence."""
+    counts = np.bincount(labels, minlength=len(class_names))
+    for name, count in zip(class_names, counts):
+        if count >= minimum:
+            continue
+        bad = [s for s in skipped if s["file"].startswith(f"{name}/")]
+        why = f"; {len(bad)} of its files could not be used (e.g. {bad[0]['file']}: {bad[0]['reason']})" if bad else ""
+        if count == 0:
+            raise DataError(f"Class '{name}' has no usable images{why}; add images to it or remove its folder.")
+        raise DataError(f"Class '{name}' has {count} usable image(s), fewer than data.min_images_per_class "
+                        f"({minimum}){why}; add images to it or remove its folder.")
+
+
+def check_split_covers_classes(split: dict[str, np.ndarray], labels: np.ndarray, class_names: tuple[str, ...],
+                               fractions: dict[str, float]) -> None:
+    """A class missing from a split would go unseen in training, or untested: refuse it with the remedy."""
+    for name, idx in split.items():
+        present = set(np.unique(labels[idx]).tolist())
+        for c, class_name in enumerate(class_names):
+            if c not in present:
+                total = int(np.sum(labels == c))
+                remedy = (f"raise data.{name}_fraction (now {fractions[name]:g}) or add images to that class"
+                          if name in fractions else "add images to that class")
+                raise DataError(f"The split leaves class '{class_name}' ({total} images) without {name} images; "
+                                f"{remedy}.")
+
+
+def duplicate_groups(files: list[str], digests: list[str], labels: np.ndarray, class_names: tuple[str, ...],
+                     split_of: dict[int, str]) -> list[dict]:
+    """Byte-identical files: across classes they are label noise, across splits they leak test images into training."""
+    from collections import defaultdict
+
+    groups: dict[str, list[int]] = defaultdict(list)
+    for i, digest in enumerate(digests):
+        groups[digest].append(i)
+    out = []
+    for digest, members in groups.items():
+        if len(members) < 2:
+            continue
+        classes = sorted({class_names[labels[i]] for i in members})
+        splits = sorted({split_of[i] for i in members})
+        out.append({"sha256": digest, "cross_class": len(classes) > 1, "cross_split": len(splits) > 1,
+                    "classes": classes, "splits": splits,
+                    "files": [{"file": files[i], "class": class_names[labels[i]], "split": split_of[i]}
+                              for i in members]})
+    return sorted(out, key=lambda g: (not g["cross_class"], not g["cross_split"], g["files"][0]["file"]))
 
 
 def load_digits_dataset(size: int) -> tuple[tuple[str, ...], np.ndarray, np.ndarray]:
@@ -114,9 +325,11 @@ def stratified_split(labels: np.ndarray, val_fraction: float, test_fraction: flo
 
 def fingerprint_files(root: Path, files: tuple[str, ...]) -> str:
     """sha256 over every file's relative path and contents: any change to the data changes it."""
+    import os
+
     digest = hashlib.sha256()
     for rel in files:
-        digest.update(rel.encode("utf-8") + b"\0")
+        digest.update(os.fsencode(rel) + b"\0")  # file names need not be valid UTF-8
         digest.update(hashlib.sha256((root / rel).read_bytes()).digest())
     return digest.hexdigest()
 

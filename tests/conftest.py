@@ -138,3 +138,77 @@ def copy_build(tiny_build, destination: Path, **sections):
     config = {"export": {"formats": TINY_FORMATS, "latency_runs": 0}, **sections}
     path = write_config(destination / "tiny.yaml", **config)
     return load_config(path), path
+
+
+def _jpeg_bytes(colour, size=(40, 40), **save) -> bytes:
+    import io
+
+    out = io.BytesIO()
+    Image.fromarray(_photo(np.random.default_rng(1), colour, size[0])[: size[1], : size[0]]).save(out, "JPEG", **save)
+    return out.getvalue()
+
+
+def salt_folder(root: Path, outside: Path) -> dict[str, str]:
+    """Add one file of every kind a real photo folder holds to ``root``; return the ones that cannot be used.
+
+    The answer maps each unusable file (relative path) to a word its skip reason must contain.
+    Usable oddities are added too (16-bit, CMYK, EXIF-rotated, nested, upper-case, non-ASCII,
+    a symlink inside the dataset, a copy of one class's image in another class).
+    """
+    import io
+
+    apple, leaf, sky = (CLASS_COLOURS[k] for k in ("apple", "leaf", "sky"))
+    # Usable, converted or found on the way.
+    grey16 = (np.linspace(0, 65535, 40 * 40).reshape(40, 40)).astype(np.uint16)
+    Image.fromarray(grey16).save(root / "apple" / "grey_16bit.png")
+    Image.fromarray(_photo(np.random.default_rng(2), apple)).convert("CMYK").save(root / "apple" / "cmyk.jpg")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotated 90 degrees in the camera
+    Image.fromarray(_photo(np.random.default_rng(3), leaf, 40)[:20]).save(root / "leaf" / "rotated.jpg", exif=exif)
+    (root / "leaf" / "nested" / "deeper").mkdir(parents=True)
+    Image.fromarray(_photo(np.random.default_rng(4), leaf)).save(root / "leaf" / "nested" / "deeper" / "deep.png")
+    Image.fromarray(_photo(np.random.default_rng(5), sky)).save(root / "sky" / "UPPER.PNG")
+    (root / "sky" / "link_inside.png").symlink_to(root / "sky" / "img_03.bmp")
+    (root / "sky" / "copy_of_an_apple.png").write_bytes((root / "apple" / "img_00.png").read_bytes())
+    flor = root / "flor_ñandú"
+    flor.mkdir()
+    for i in range(6):
+        Image.fromarray(_photo(np.random.default_rng(10 + i), (210, 200, 40))).save(flor / f"fotografía_{i}.png")
+    # Unusable.
+    good = _jpeg_bytes(apple)
+    (root / "apple" / "truncated.jpg").write_bytes(good[: len(good) // 2])
+    png = io.BytesIO()
+    Image.fromarray(_photo(np.random.default_rng(6), leaf)).save(png, "PNG")
+    (root / "leaf" / "truncated.png").write_bytes(png.getvalue()[: len(png.getvalue()) // 2])
+    (root / "apple" / "empty.jpg").write_bytes(b"")
+    (root / "leaf" / "fake.png").write_text("this is a text file with an image extension")
+    (root / "sky" / "corrupt.jpg").write_bytes(good[:20] + bytes(range(256)) * 4)
+    (root / "sky" / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    (root / "apple" / "._img_00.png").write_bytes(b"\0\5\26\7 AppleDouble")
+    Image.new("RGB", (1200, 1000), apple).save(root / "leaf" / "huge.png")
+    outside.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(_photo(np.random.default_rng(7), apple)).save(outside / "elsewhere.png")
+    (root / "apple" / "outside.png").symlink_to(outside / "elsewhere.png")
+    (root / "apple" / "broken.png").symlink_to(root / "apple" / "no_such_file.png")
+    (root / "README.md").write_text("photos of apples, leaves and the sky")
+    return {
+        "apple/truncated.jpg": "truncated", "leaf/truncated.png": "truncated", "apple/empty.jpg": "empty file",
+        "leaf/fake.png": "not an image", "sky/corrupt.jpg": "not an image", "sky/notes.txt": "not an image file",
+        "sky/.DS_Store": "hidden", "apple/._img_00.png": "hidden", "leaf/huge.png": "very large image",
+        "apple/outside.png": "outside the dataset", "apple/broken.png": "broken symlink",
+        "README.md": "not in a class folder",
+    }
+
+
+SALTED_MAX_PIXELS = 1_000_000  # leaf/huge.png (1.2 MP) is over it
+
+
+@pytest.fixture(scope="session")
+def salted_folder(tmp_path_factory, image_folder):
+    """The image folder copied and salted with every kind of bad and odd file (``salt_folder``)."""
+    import shutil
+
+    root = tmp_path_factory.mktemp("salted") / "photos"
+    shutil.copytree(image_folder, root)
+    unusable = salt_folder(root, root.parent / "outside")
+    return root, unusable

@@ -10,7 +10,7 @@ from exporters.tflite import TFLiteFP32, TFLiteInt8
 from pipeline import runner
 from pipeline.config import load_config
 from pipeline.errors import BudgetError
-from tests.conftest import run_cli, write_config
+from tests.conftest import SALTED_MAX_PIXELS, run_cli, write_config
 
 RESULT_KEYS = {"name", "format", "file", "bytes", "gzip_bytes", "accuracy", "validation", "runtime", "precision",
                "sha256", "status", "sparsity", "latency_ms", "latency_ratio_to_keras"}
@@ -94,10 +94,12 @@ def test_file_over_budget_fails_the_run_and_is_not_published(budget_dir, monkeyp
         assert entry["input"]["dtype"] == "uint8" and entry["input"]["feed"] == "raw RGB pixel bytes"
 
 
-def test_image_folder_source_end_to_end(tmp_path, image_folder):
+def test_image_folder_source_end_to_end(tmp_path, salted_folder):
+    """A real-world folder: bad files of every kind are skipped and listed, odd ones converted, the rest trained on."""
+    folder, unusable = salted_folder
     path = write_config(
         tmp_path / "photos.yaml", name="photos",
-        data={"source": "folder", "path": str(image_folder), "image_size": 32, "seed": 1,
+        data={"source": "folder", "path": str(folder), "image_size": 32, "seed": 1, "max_image_pixels": SALTED_MAX_PIXELS,
               "val_fraction": 0.25, "test_fraction": 0.25, "augment": ["horizontal_flip", "crop"]},
         train={"batch_size": 8, "head_epochs": 1, "head_lr": 0.01, "fine_tune_epochs": 1, "fine_tune_lr": 0.001,
                "fine_tune_at": 10, "label_smoothing": 0.1, "lr_schedule": "constant"},
@@ -105,9 +107,13 @@ def test_image_folder_source_end_to_end(tmp_path, image_folder):
     )
     cfg = load_config(path)
     assert runner.run(cfg, str(path)) == ["data", "finetune", "export"]
-    assert (cfg.build_root / "artifacts/labels.txt").read_text().splitlines() == ["apple", "leaf", "sky"]
+    classes = ["apple", "flor_ñandú", "leaf", "sky"]
+    assert (cfg.build_root / "artifacts/labels.txt").read_text(encoding="utf-8").splitlines() == classes
     results = _results(cfg)
-    assert results["dataset"]["classes"] == ["apple", "leaf", "sky"]
+    assert results["dataset"]["classes"] == classes
+    skipped = {item["file"]: item["reason"] for item in results["data"]["skipped"]}
+    assert sorted(skipped) == sorted(unusable) and all(word in skipped[f] for f, word in unusable.items())
+    assert results["data"]["cross_class_duplicates"] == 1
     history = json.loads((cfg.build_root / "finetune/history.json").read_text())
     assert history["unfrozen_layers"] == 10
     assert all(a["status"] == "passed" for a in results["artifacts"])

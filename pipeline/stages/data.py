@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from pipeline import data
 from pipeline.config import Config
@@ -38,23 +38,31 @@ STAGE = Stage(
 
 def run(cfg: Config, ctx) -> None:
     size = cfg.data.image_size
+    skipped: list[dict] = []
+    conversions: dict[str, int] = {}
+    digests: list[str] = []
     if cfg.data.source == "digits":
         class_names, images, labels = data.load_digits_dataset(size)
         files = [f"digits/{i}" for i in range(len(labels))]
+        digests = [hashlib.sha256(img.tobytes()).hexdigest() for img in images]
+        if cfg.data.limit_per_class:
+            keep = data.limit_per_class(labels, cfg.data.limit_per_class, cfg.data.seed)
+            images, labels, files = images[keep], labels[keep], [files[i] for i in keep]
+            digests = [digests[i] for i in keep]
     else:
         listing = data.scan_folder(cfg.data.path)
-        class_names, labels, files = listing.class_names, listing.labels, list(listing.files)
-        keep = data.limit_per_class(labels, cfg.data.limit_per_class, cfg.data.seed)
-        labels, files = labels[keep], [files[i] for i in keep]
-        images = np.stack([
-            data.load_image(listing.root / rel, size)
-            for rel in tqdm(files, desc=f"decode {len(files)} images", unit="img", leave=False, disable=None)
-        ])
-    if cfg.data.source == "digits" and cfg.data.limit_per_class:
-        keep = data.limit_per_class(labels, cfg.data.limit_per_class, cfg.data.seed)
-        images, labels, files = images[keep], labels[keep], [files[i] for i in keep]
+        class_names, skipped = listing.class_names, list(listing.skipped)
+        keep = data.limit_per_class(listing.labels, cfg.data.limit_per_class, cfg.data.seed)
+        decoded = data.decode_files(listing.root, [listing.files[i] for i in keep], listing.labels[keep], size,
+                                    cfg.data.max_image_pixels, cfg.data.on_bad_image)
+        images, labels, files, digests = decoded.images, decoded.labels, decoded.files, decoded.digests
+        skipped += decoded.skipped
+        conversions = decoded.conversions
+    data.check_class_counts(class_names, labels, cfg.data.min_images_per_class, skipped)
 
     split = data.stratified_split(labels, cfg.data.val_fraction, cfg.data.test_fraction, cfg.data.seed)
+    data.check_split_covers_classes(split, labels, class_names,
+                                    {"val": cfg.data.val_fraction, "test": cfg.data.test_fraction})
     for name in SPLITS:
         idx = split[name]
         out = ctx.path(f"data/{name}.npz")
@@ -78,8 +86,38 @@ def run(cfg: Config, ctx) -> None:
     split_json = ctx.path("data/split.json")
     write_json(split_json, summary)
     ctx.record_output(split_json)
+
+    split_of = {int(i): name for name in SPLITS for i in split[name]}
+    duplicates = data.duplicate_groups(files, digests, labels, class_names, split_of)
+    scan = {
+        "images": int(len(labels)),
+        "skipped": skipped,
+        "converted": conversions,
+        "duplicates": duplicates,
+        "cross_class_duplicates": sum(g["cross_class"] for g in duplicates),
+        "cross_split_duplicates": sum(g["cross_split"] for g in duplicates),
+    }
+    scan_json = ctx.path("data/scan.json")
+    write_json(scan_json, scan)
+    ctx.record_output(scan_json)
+
     log.info("[data] %d classes; train %d, val %d, test %d images at %d px",
              len(class_names), *(len(split[n]) for n in SPLITS), size)
+    if conversions:
+        log.info("[data] converted on decode: %s", ", ".join(f"{k} {v}" for k, v in conversions.items()))
+    if skipped:
+        log.warning("[data] skipped %d file(s) that are not usable images (data/scan.json, results.json "
+                    "data.skipped):", len(skipped))
+        for item in skipped[:20]:
+            log.warning("[data]   %s: %s", item["file"], item["reason"])
+        if len(skipped) > 20:
+            log.warning("[data]   ... and %d more", len(skipped) - 20)
+    for group in duplicates:
+        if group["cross_class"] or group["cross_split"]:
+            what = " and ".join(w for w, flag in (("classes", group["cross_class"]), ("splits", group["cross_split"]))
+                                if flag)
+            log.warning("[data] byte-identical images across %s: %s", what,
+                        ", ".join(f"{f['file']} ({f['split']})" for f in group["files"]))
 
 
 def read_labels(root: Path) -> list[str]:

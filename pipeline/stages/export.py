@@ -39,7 +39,7 @@ log = logging.getLogger("pipeline")
 
 STAGE = Stage(
     name="export",
-    deps=("finetune/model.keras", "data/train.npz", "data/test.npz", "data/labels.txt"),
+    deps=("finetune/model.keras", "data/train.npz", "data/test.npz", "data/labels.txt", "data/scan.json"),
     params=("export",),
     extra_deps=optimize.outputs_for,
     code=(
@@ -225,6 +225,8 @@ def run(cfg: Config, ctx) -> None:
             "source": cfg.data.source, "path": cfg.data.path, "classes": class_names,
             "test_images": int(len(y_test)),
         },
+        # What the data stage left out (file and reason), converted, and found twice (data/scan.json).
+        "data": json.loads(ctx.path("data/scan.json").read_text(encoding="utf-8")),
         "model": {"backbone": cfg.model.backbone, "alpha": cfg.model.alpha, "weights": cfg.model.weights,
                   "image_size": cfg.data.image_size},
         "preprocessing": contract,
