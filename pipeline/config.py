@@ -437,18 +437,26 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
 
 
 def check_paths(cfg: Config, source: str) -> None:
-    """Paths are checked at run time, not at parse time, so `status` works on any machine."""
+    """Paths are checked at run time, not at parse time, so `status` works on any machine.
+
+    Only what is cheap is checked here, before any stage runs: that a weights file is a
+    readable Keras weights file, not yet whether it fits the backbone (that needs TensorFlow).
+    """
     source = printable(source)
     if cfg.data.source == "folder" and not _is(cfg.data.path, Path.is_dir):
         raise ConfigError(
             f"{source}: data.path {show(cfg.data.path)} is not a folder; point it at a folder with one sub-folder "
             "per class."
         )
-    if cfg.model.weights not in ("imagenet", "none") and not _is(cfg.model.weights, Path.is_file):
-        raise ConfigError(
-            f"{source}: model.weights {show(cfg.model.weights)} is not a file; point it at a no-top .h5 weights "
-            "file for this backbone, or use 'none' to train from scratch."
-        )
+    if cfg.model.weights not in ("imagenet", "none"):
+        if not _is(cfg.model.weights, Path.is_file):
+            raise ConfigError(
+                f"{source}: model.weights {show(cfg.model.weights)} is not a file; point it at a no-top .h5 weights "
+                "file for this backbone, or use 'none' to train from scratch."
+            )
+        from pipeline import weights  # h5py, not TensorFlow
+
+        weights.read_layers(cfg.model.weights, source)
     root = cfg.build_root
     nearest = _nearest_existing(root, source)
     if not nearest.is_dir():
