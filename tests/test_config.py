@@ -261,3 +261,14 @@ def test_targets_file_is_read_like_the_config(tmp_path, text, problem):
         load_targets(path, ["phone"])
     assert problem in str(err.value) and str(path) in str(err.value)
     assert str(err.value).splitlines() == [str(err.value)]
+
+
+def test_paths_too_long_for_the_file_system_are_config_errors(tmp_path):
+    """Path.is_dir raises OSError (not False) for a name over 255 bytes: it must not escape as a traceback."""
+    long = "x" * 300
+    folder = write_config(tmp_path / "a.yaml", data={"source": "folder", "path": str(tmp_path / long)})
+    with pytest.raises(ConfigError, match="data.path .* is not a folder"):
+        check_paths(load_config(folder), str(folder))
+    build = write_config(tmp_path / "b.yaml", build_dir=str(tmp_path / long))
+    with pytest.raises(ConfigError, match=r"build_dir: .* cannot be used \(File name too long\)"):
+        check_paths(load_config(build), str(build))
