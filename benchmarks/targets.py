@@ -13,10 +13,10 @@ import os
 from pathlib import Path
 from typing import Literal, Optional
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from pipeline.errors import ConfigError
+from pipeline.config import read_yaml
+from pipeline.errors import ConfigError, one_line, printable
 
 
 def available_cpus() -> int:
@@ -88,20 +88,14 @@ class TargetsFile(_Strict):
 def load_targets(path: str | Path, names: tuple[str, ...] | list[str]) -> list[Target]:
     """The named profiles from ``path``, in the order asked for; one ConfigError sentence on any problem."""
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"Targets file {path} does not exist; set benchmark.targets_file to configs/targets.yaml "
-                          "or a copy of it.") from None
-    except yaml.YAMLError:
-        raise ConfigError(f"{path} is not valid YAML; fix the syntax and run again.") from None
+    raw = read_yaml(path, "Targets file", "set benchmark.targets_file to configs/targets.yaml or a copy of it")
     try:
         parsed = TargetsFile.model_validate(raw or {})
     except ValidationError as exc:
         error = exc.errors()[0]
-        key = ".".join(str(p) for p in error["loc"])
-        msg = error["msg"].removeprefix("Value error, ")
-        raise ConfigError(f"{path}: {key}: {msg}.") from None
+        key = ".".join(printable(str(p)) for p in error["loc"])
+        msg = one_line(error["msg"].removeprefix("Value error, "))
+        raise ConfigError(f"{printable(str(path))}: {key}: {msg}.") from None
     out = []
     for name in names:
         if name not in parsed.targets:

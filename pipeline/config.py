@@ -11,21 +11,40 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import os
 import re
+import types
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Any, Literal, Optional, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, StrictFloat, ValidationError, ValidationInfo, field_validator,
+                      model_validator)
 
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, one_line, printable, show
 
 AUGMENTATIONS = ("horizontal_flip", "brightness", "contrast", "crop")
 MOBILENET_V2_ALPHAS = (0.35, 0.5, 0.75, 1.0, 1.3, 1.4)
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # allow_inf_nan: pydantic takes .inf and .nan as floats by default, and an infinite
+    # learning rate passes `gt=0`.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_boolean_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        # pydantic reads true as 1 for an int or float key, and YAML reads yes/no/on/off as true/false.
+        if isinstance(value, bool) and _takes_number(cls.model_fields[info.field_name].annotation):
+            raise ValueError("is true/false (YAML also reads yes, no, on and off so), which this key does not take; "
+                             "write a number")
+        return value
+
+
+def _takes_number(annotation: Any) -> bool:
+    options = get_args(annotation) if get_origin(annotation) in (Union, types.UnionType) else (annotation,)
+    return any(option in (int, float) for option in options)
 
 
 class DataConfig(_Section):
@@ -35,7 +54,8 @@ class DataConfig(_Section):
     image_size: int = Field(default=224, ge=32, le=1024)
     val_fraction: float = Field(default=0.15, gt=0, lt=0.5)
     test_fraction: float = Field(default=0.15, gt=0, lt=0.5)
-    seed: int = 1234
+    # numpy and TensorFlow take seeds in [0, 2**32).
+    seed: int = Field(default=1234, ge=0, le=2**32 - 1)
     augment: tuple[Literal[AUGMENTATIONS], ...] = ("horizontal_flip", "brightness", "contrast")
     # Keep at most this many images per class (before splitting): quick trials on big folders.
     limit_per_class: Optional[int] = Field(default=None, ge=3)
@@ -150,7 +170,7 @@ class ExportConfig(_Section):
     int8_output: Literal["float", "int8", "uint8"] = "float"
     # Max test top-1 drop against the Keras model, in percentage points, per format;
     # formats not listed keep the registry's default budget.
-    budgets: dict[str, float] = Field(default_factory=dict)
+    budgets: dict[str, StrictFloat] = Field(default_factory=dict)  # strict: true is not 1 point
     # fail: a file over budget fails the run; warn: it is published and marked in results.json.
     on_budget_fail: Literal["fail", "warn"] = "fail"
     # Single-image runs for the quick latency figure (median, 1 thread); 0 skips it.
@@ -158,10 +178,17 @@ class ExportConfig(_Section):
     # What every .tflite and .onnx file says about itself in its metadata (and manifest.json):
     # a release number (ONNX model_version; TFLite stores it as text), a one-line description
     # (default: backbone, classes and dataset), and optionally who made it and under which licence.
-    model_version: int = Field(default=1, ge=0)
+    model_version: int = Field(default=1, ge=0, le=2**63 - 1)  # ONNX stores an int64
     description: Optional[str] = Field(default=None, min_length=1, max_length=2000)
     author: Optional[str] = Field(default=None, min_length=1, max_length=200)
     license: Optional[str] = Field(default=None, min_length=1, max_length=200)
+
+    @field_validator("description", "author", "license")
+    @classmethod
+    def _one_line_text(cls, v: Optional[str]) -> Optional[str]:
+        if v is not None and not v.isprintable():  # line breaks and control characters are not printable
+            raise ValueError("must be one line of printable text (no line breaks or control characters)")
+        return v
 
     @field_validator("formats")
     @classmethod
@@ -173,7 +200,7 @@ class ExportConfig(_Section):
             if fmt not in names:
                 hint = difflib.get_close_matches(fmt, names, n=1)
                 did_you_mean = f" (did you mean '{hint[0]}'?)" if hint else ""
-                raise ValueError(f"unknown format '{fmt}'{did_you_mean}; valid formats: {', '.join(names)}")
+                raise ValueError(f"unknown format {fmt!r}{did_you_mean}; valid formats: {', '.join(names)}")
         if len(set(v)) != len(v):
             raise ValueError("export.formats lists a format twice")
         if not v:
@@ -187,9 +214,9 @@ class ExportConfig(_Section):
 
         for fmt, drop in v.items():
             if fmt not in registry.names():
-                raise ValueError(f"unknown format '{fmt}' in export.budgets; valid formats: {', '.join(registry.names())}")
+                raise ValueError(f"unknown format {fmt!r} in export.budgets; valid formats: {', '.join(registry.names())}")
             if not 0 <= drop <= 100:
-                raise ValueError(f"export.budgets.{fmt} must be between 0 and 100 percentage points")
+                raise ValueError(f"export.budgets.{fmt} must be between 0 and 100 percentage points, not {drop!r}")
         return v
 
 
@@ -243,9 +270,18 @@ class Config(_Section):
     @field_validator("name")
     @classmethod
     def _safe_name(cls, v: str) -> str:
-        # The name becomes a folder under build_dir: keep it from escaping it.
+        # The name becomes a folder under build_dir and the stem of every file name: one plain
+        # path component, so no `..`, `/`, absolute path or hidden folder can take outputs elsewhere.
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", v):
-            raise ValueError("name must be 1-100 letters, digits, '.', '_' or '-', starting with a letter or digit")
+            raise ValueError("must be 1-100 ASCII letters, digits, '.', '_' or '-', starting with a letter or digit, "
+                             "e.g. my_model")
+        return v
+
+    @field_validator("build_dir")
+    @classmethod
+    def _plain_build_dir(cls, v: str) -> str:
+        if not v.strip() or not v.isprintable():
+            raise ValueError("must be a folder path: not empty, no line breaks or control characters (e.g. build)")
         return v
 
     @property
@@ -264,15 +300,66 @@ def _sha256_json(payload: Any) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
+class _YAMLProblem(Exception):
+    def __init__(self, what: str, where: str = ""):
+        super().__init__(what)
+        self.what, self.where = what, where
+
+
+def _parse_yaml(text: str) -> Any:
+    """``yaml.safe_load`` (plain data only, no Python tags), with every failure as one :class:`_YAMLProblem`.
+
+    PyYAML's constructors raise more than ``YAMLError`` on malformed scalars: ``!!int`` on an
+    empty string is an IndexError, ``2001-02-30`` a ValueError from ``datetime``, deep nesting
+    a RecursionError. All of them are the text's fault, so all of them are a config error.
+    """
+    try:
+        return yaml.load(text, Loader=_Loader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        problem = exc.problem or exc.context or "syntax error"
+        tag = re.search(r"constructor for the tag '(tag:yaml.org,2002:)?([^']*)'", problem)
+        if tag:  # !!python/object and friends: the safe loader builds plain data only, never objects
+            written = f"!!{tag.group(2)}" if tag.group(1) else tag.group(2)
+            problem = (f"the tag {show(written)} is not allowed (a config holds plain data: mappings, lists, "
+                       "strings, numbers, booleans)")
+        raise _YAMLProblem(one_line(problem), where) from None
+    except RecursionError:
+        raise _YAMLProblem("it nests too deeply") from None
+    except Exception as exc:  # see the docstring: any failure here is the text's
+        raise _YAMLProblem(one_line(f"{exc.__class__.__name__}: {exc}")) from None
+
+
+class _Loader(yaml.SafeLoader):
+    """The safe loader, refusing a key given twice in one mapping (PyYAML keeps the last one silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # `<<: *defaults`: keys given beside a merge override it, as YAML intends
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                duplicate = key in seen
+                seen.add(key)
+            except TypeError:  # an unhashable key: construct_mapping says so in its own words
+                break
+            if duplicate:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {show(key)} appears twice in one mapping (keep one)", key_node.start_mark)
+        return super().construct_mapping(node, deep=deep)
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """``train.head_epochs=3`` -> (["train", "head_epochs"], 3); values are YAML scalars or lists."""
     key, sep, raw = text.partition("=")
     if not sep or not key or any(not part for part in key.split(".")):
         raise ConfigError(f"--set {text!r} is not of the form section.key=value, e.g. --set train.head_epochs=3.")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError:
-        value = raw
+        value = _parse_yaml(raw) if raw.strip() else None
+    except _YAMLProblem:
+        value = raw  # not YAML (e.g. `a: b` in a description): the validators see it as the string it is
     return key.split("."), value
 
 
@@ -281,26 +368,35 @@ def _apply_override(raw: dict, keys: list[str], value: Any, source: str) -> None
     for depth, key in enumerate(keys[:-1]):
         child = node.setdefault(key, {})
         if not isinstance(child, dict):
-            dotted = ".".join(keys[: depth + 1])
-            raise ConfigError(f"--set {'.'.join(keys)}: {dotted} in {source} is not a section.")
+            dotted = printable(".".join(keys[: depth + 1]))
+            raise ConfigError(f"--set {printable('.'.join(keys))}: {dotted} in {source} is not a section; set a key "
+                              "of a section, e.g. --set train.head_epochs=3.")
         node = child
     node[keys[-1]] = value
 
 
 def _describe(error: dict, source: str) -> str:
-    key = ".".join(str(p) for p in error["loc"]) or "(top level)"
+    loc = error["loc"]
+    key = ".".join(printable(str(part)) for part in loc) or "(top level)"
     if error["type"] == "extra_forbidden":
-        section_model = _section_for(error["loc"][:-1])
-        valid = ", ".join(section_model.model_fields) if section_model else ""
-        hint = difflib.get_close_matches(str(error["loc"][-1]), list(section_model.model_fields) if section_model else [], n=1)
+        section = _section_for(loc[:-1])
+        fields = list(section.model_fields) if section else []
+        hint = difflib.get_close_matches(str(loc[-1]), fields, n=1)
         did_you_mean = f" (did you mean '{hint[0]}'?)" if hint else ""
-        return f"{source}: unknown key '{key}'{did_you_mean}; valid keys here: {valid}."
+        return f"{source}: unknown key '{key}'{did_you_mean}; valid keys here: {', '.join(fields)}."
     if error["type"] == "missing":
-        return f"{source}: required key '{key}' is missing."
-    msg = error["msg"]
-    if msg.startswith("Value error, "):
-        msg = msg[len("Value error, "):]
-    return f"{source}: {key}: {msg} (got {error.get('input')!r})."
+        return f"{source}: required key '{key}' is missing; add it to the file or pass --set {key}=VALUE."
+    msg = one_line(error["msg"].removeprefix("Value error, "))
+    value = error.get("input")
+    if error["type"] == "literal_error":
+        allowed = re.findall(r"'([^']*)'", str(error.get("ctx", {}).get("expected", "")))
+        hint = difflib.get_close_matches(str(value), allowed, n=1)
+        msg += f" (did you mean '{hint[0]}'?)" if hint else ""
+    if error["type"] == "string_type":
+        msg += "; write the value in quotes"
+    # A section-wide rule (data.path needed for folders) names its keys itself: the whole section is noise.
+    got = "" if isinstance(value, dict) else f" (got {show(value)})"
+    return f"{source}: {key}: {msg}{got}."
 
 
 def _section_for(loc: tuple) -> Optional[type[BaseModel]]:
@@ -313,21 +409,27 @@ def _section_for(loc: tuple) -> Optional[type[BaseModel]]:
     return model
 
 
-def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    path = Path(path)
-    source = str(path)
+def read_yaml(path: str | Path, kind: str, missing: str) -> Any:
+    """The plain data in a YAML file; one ConfigError sentence naming it if it cannot be read or parsed.
+
+    ``kind`` names the file in that sentence ("Config file"); ``missing`` says what to do when it does not exist.
+    """
+    source = printable(str(path))
     try:
-        text = path.read_text(encoding="utf-8")
+        text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ConfigError(f"Config file {source} does not exist; pass --config with the path to a YAML file.") from None
+        raise ConfigError(f"{kind} {source} does not exist; {missing}.") from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"Config file {source} cannot be read ({exc.__class__.__name__}); pass a UTF-8 YAML file.") from None
+        raise ConfigError(f"{kind} {source} cannot be read ({exc.__class__.__name__}); pass a UTF-8 YAML file.") from None
     try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        where = getattr(exc, "problem_mark", None)
-        line = f" at line {where.line + 1}" if where is not None else ""
-        raise ConfigError(f"{source} is not valid YAML{line}; fix the syntax and run again.") from None
+        return _parse_yaml(text)
+    except _YAMLProblem as exc:
+        raise ConfigError(f"{source} is not valid YAML{exc.where}: {exc.what}; fix it and run again.") from None
+
+
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    source = printable(str(path))
+    raw = read_yaml(path, "Config file", "pass --config with the path to a YAML file")
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -342,13 +444,52 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
 
 
 def check_paths(cfg: Config, source: str) -> None:
-    """Paths are checked at run time, not at parse time, so `status` works on any machine."""
-    if cfg.data.source == "folder" and not Path(cfg.data.path).is_dir():
+    """Paths are checked at run time, not at parse time, so `status` works on any machine.
+
+    Only what is cheap is checked here, before any stage runs: that a weights file is a
+    readable Keras weights file, not yet whether it fits the backbone (that needs TensorFlow).
+    """
+    source = printable(source)
+    if cfg.data.source == "folder" and not _is(cfg.data.path, Path.is_dir):
         raise ConfigError(
-            f"{source}: data.path '{cfg.data.path}' is not a folder; point it at a folder with one sub-folder per class."
+            f"{source}: data.path {show(cfg.data.path)} is not a folder; point it at a folder with one sub-folder "
+            "per class."
         )
-    if cfg.model.weights not in ("imagenet", "none") and not Path(cfg.model.weights).is_file():
-        raise ConfigError(
-            f"{source}: model.weights '{cfg.model.weights}' is not a file; point it at a no-top .h5 weights file "
-            "for this backbone, or use 'none' to train from scratch."
-        )
+    if cfg.model.weights not in ("imagenet", "none"):
+        if not _is(cfg.model.weights, Path.is_file):
+            raise ConfigError(
+                f"{source}: model.weights {show(cfg.model.weights)} is not a file; point it at a no-top .h5 weights "
+                "file for this backbone, or use 'none' to train from scratch."
+            )
+        from pipeline import weights  # h5py, not TensorFlow
+
+        weights.read_layers(cfg.model.weights, source)
+    root = cfg.build_root
+    nearest = _nearest_existing(root, source)
+    if not nearest.is_dir():
+        raise ConfigError(f"{source}: build_dir: {show(str(nearest))} is a file, so {show(str(root))} cannot be "
+                          "made; set build_dir to a folder, or move that file.")
+    if not os.access(nearest, os.W_OK | os.X_OK):
+        raise ConfigError(f"{source}: build_dir: {show(str(nearest))} is not writable, so {show(str(root))} cannot "
+                          "be made; set build_dir to a folder you can write to.")
+
+
+def _is(path: str, test) -> bool:
+    try:
+        return test(Path(path))
+    except OSError:  # e.g. a name too long for the file system: not usable either way
+        return False
+
+
+def _nearest_existing(root: Path, source: str) -> Path:
+    """``root`` or the closest folder above it that exists: where the build folder will be made."""
+    for path in (root, *root.parents):
+        try:
+            path.stat()
+            return path
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        except OSError as exc:
+            raise ConfigError(f"{source}: build_dir: {show(str(root))} cannot be used ({exc.strerror}); set "
+                              "build_dir to a folder you can write to.") from None
+    return Path(".")

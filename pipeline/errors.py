@@ -3,6 +3,10 @@
 Each carries one sentence that says what is wrong and how to fix it; the CLI
 prints it without a traceback and exits with ``exit_code``. Anything else that
 escapes is our bug and keeps its traceback.
+
+What the user wrote goes into a sentence through :func:`show` or
+:func:`printable`, and text from a library through :func:`one_line`, so that a
+line break in a key, a value or a parser's message cannot split the sentence.
 """
 
 
@@ -28,3 +32,20 @@ class BudgetError(PipelineError):
     """An exported file failed its validation budget; it was not published."""
 
     exit_code = 1
+
+
+def show(value: object, limit: int = 80) -> str:
+    """A value the user wrote, quoted (``repr``), so a line break or control character in it stays visible."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def printable(text: str) -> str:
+    """Text as the user typed it (a key, a file name), with each unprintable character written as its escape."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
+def one_line(text: object, limit: int = 200) -> str:
+    """A library's message as one line of bounded length, whitespace runs (line breaks too) as one space."""
+    flat = " ".join(str(text).split()).encode("utf-8", "backslashreplace").decode("utf-8")
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."

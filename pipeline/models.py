@@ -9,14 +9,15 @@ another model, so the backbone must not be a sub-model.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
 from pipeline.config import ModelConfig
-from pipeline.errors import WeightsError
+from pipeline import weights
+from pipeline.errors import WeightsError, one_line
 from pipeline.keras_compat import keras, tf
 
 HEAD_PREFIX = "head_"
@@ -100,29 +101,23 @@ def preprocessing_contract(model_cfg: ModelConfig, image_size: int) -> dict:
     }
 
 
-def _resolve_weights(weights: str, backbone: str):
-    if weights == "none":
-        return None
-    if weights == "imagenet":
-        return "imagenet"
-    path = Path(weights)
-    if not path.is_file():
-        raise WeightsError(
-            f"model.weights file {weights} does not exist; point it at a {backbone} .h5 weights file "
-            "or use 'none' to train from scratch."
-        )
-    return str(path)
-
-
 def build_classifier(model_cfg: ModelConfig, num_classes: int, image_size: int) -> keras.Model:
     bb = BACKBONES[model_cfg.backbone]
-    weights = _resolve_weights(model_cfg.weights, bb.name)
+    weights_file = model_cfg.weights if model_cfg.weights not in ("imagenet", "none") else None
+    saved = weights.read_layers(weights_file) if weights_file else None
     inputs = keras.Input((image_size, image_size, 3), name=INPUT_NAME)
     x = Preprocess(bb.mean, bb.std, bb.channel_order, name=PREPROCESS_LAYER)(inputs)
     try:
-        base = bb.build(input_tensor=x, alpha=model_cfg.alpha, weights=weights)
+        base = bb.build(input_tensor=x, alpha=model_cfg.alpha,
+                        weights="imagenet" if model_cfg.weights == "imagenet" else None)
     except Exception as exc:  # keras raises bare Exception for download failures
         raise _weights_error(exc, model_cfg) from None
+    if weights_file:
+        # What keras.applications does with a path, after checking the file fits (Keras loads by position).
+        expected = [weights.LayerWeights(layer.name, tuple(tuple(int(d) for d in w.shape) for w in layer.weights))
+                    for layer in base.layers if layer.weights]
+        weights.check_fits(saved, expected, weights_file, bb.name, model_cfg.alpha if bb.uses_alpha else None)
+        base.load_weights(weights_file)
     x = keras.layers.GlobalAveragePooling2D(name=HEAD_PREFIX + "pool")(base.output)
     x = keras.layers.Dropout(model_cfg.dropout, name=HEAD_PREFIX + "dropout")(x)
     # The classifier's last layer stays float32 whatever the compute policy, so
@@ -133,21 +128,23 @@ def build_classifier(model_cfg: ModelConfig, num_classes: int, image_size: int) 
 
 def _weights_error(exc: Exception, model_cfg: ModelConfig) -> Exception:
     text = str(exc)
-    if model_cfg.weights == "imagenet" and ("URL fetch failure" in text or "Name or service" in text or "urlopen" in text):
-        return WeightsError(
-            "model.weights is 'imagenet' but the weights cannot be downloaded (no network); "
-            f"set model.weights to the path of a local {model_cfg.backbone} no-top .h5 file, "
-            "or copy the file named in the 'Downloading data from' line into ~/.keras/models/, or use 'none'."
-        )
-    if model_cfg.weights not in ("imagenet", "none"):
-        return WeightsError(
-            f"model.weights file {model_cfg.weights} does not fit {model_cfg.backbone}"
-            f"{f' alpha {model_cfg.alpha}' if BACKBONES[model_cfg.backbone].uses_alpha else ''} "
-            f"({exc.__class__.__name__}: {text.splitlines()[0][:160] if text else ''}); "
-            "use the no-top .h5 file saved for this backbone and alpha."
-        )
+    if model_cfg.weights == "imagenet":
+        url = re.search(r"URL fetch failure on (\S+): ", text)
+        if url:
+            return WeightsError(
+                "model.weights is 'imagenet' but the weights cannot be downloaded (offline?); set model.weights to "
+                f"the path of a local no-top {model_cfg.backbone} .h5 file, or download {url.group(1)} elsewhere "
+                "and put it into ~/.keras/models/, or use 'none'."
+            )
+        if isinstance(exc, (OSError, KeyError)):  # h5py's errors
+            # Found in the Keras cache but unreadable, e.g. a download cut short by an older Keras.
+            return WeightsError(
+                f"model.weights is 'imagenet' but the {model_cfg.backbone} file in the Keras cache ~/.keras/models/ "
+                f"cannot be loaded ({one_line(f'{exc.__class__.__name__}: {text}', 160)}); delete it so it is "
+                "downloaded again, or set model.weights to a local no-top .h5 file."
+            )
     if isinstance(exc, ValueError):
-        return WeightsError(f"{model_cfg.backbone} cannot be built with these settings: {text.splitlines()[0]}")
+        return WeightsError(f"{model_cfg.backbone} cannot be built with these settings: {one_line(text, 200)}")
     return exc
 
 

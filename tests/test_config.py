@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
-from pipeline.config import load_config, parse_override
+from pipeline.config import check_paths, load_config, parse_override
 from pipeline.errors import ConfigError
 from tests.conftest import REPO, run_cli, write_config
 
@@ -111,20 +112,163 @@ def test_cli_missing_config_file_exits_2(tmp_path):
     assert "does not exist" in line
 
 
-def test_cli_imagenet_offline_says_how_to_use_a_local_file(tmp_path):
-    keras_cache = Path.home() / ".keras/models"
-    if any(keras_cache.glob("mobilenet_v2_weights_*")):
-        pytest.skip("ImageNet weights are in the Keras cache, so nothing is downloaded")
-    path = write_config(tmp_path / "c.yaml", model={"backbone": "mobilenet_v2", "alpha": 0.35, "weights": "imagenet"})
-    # A dead proxy makes the download fail the same way on a machine with a network.
-    dead = "http://127.0.0.1:9"
-    proc = run_cli("run", "--config", str(path), env_extra={"HTTPS_PROXY": dead, "HTTP_PROXY": dead, "https_proxy": dead})
-    line = _one_sentence_exit_2(proc)
-    assert "imagenet" in line and "model.weights" in line and ".h5" in line
-
-
 def test_cli_missing_weights_file_exits_2_before_any_stage(tmp_path):
     path = write_config(tmp_path / "c.yaml", model={"backbone": "mobilenet_v2", "weights": str(tmp_path / "w.h5")})
     line = _one_sentence_exit_2(run_cli("run", "--config", str(path)))
     assert "model.weights" in line and "w.h5" in line
     assert not (tmp_path / "build").exists()
+
+
+def _set_key(path: Path, dotted: str, value) -> Path:
+    doc = yaml.safe_load(path.read_text())
+    *sections, key = dotted.split(".")
+    node = doc
+    for section in sections:
+        node = node.setdefault(section, {})
+    node[key] = value
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+# (dotted key, value; or a function of the config text and tmp_path), then what the sentence must say:
+# the key, and the remedy or the allowed values.
+CLI_CASES = [
+    pytest.param("train.head_epoch", 1, ["unknown key 'train.head_epoch'", "did you mean 'head_epochs'"],
+                 id="unknown-key"),
+    pytest.param("train.batch_size", "lots", ["train.batch_size", "should be a valid integer", "'lots'"],
+                 id="wrong-type"),
+    pytest.param("optimize.prune.target_sparsity", 1.5, ["optimize.prune.target_sparsity", "should be less than 1"],
+                 id="sparsity-1.5"),
+    pytest.param("train.head_epochs", -1, ["train.head_epochs", "greater than or equal to 0"], id="negative-epochs"),
+    pytest.param("train.head_lr", float("inf"), ["train.head_lr", "finite number"], id="infinite-lr"),
+    pytest.param("data.seed", True, ["data.seed", "true/false", "write a number"], id="boolean-for-a-number"),
+    pytest.param("model.backbone", "mobilenetv2", ["model.backbone", "did you mean 'mobilenet_v2'", "resnet50"],
+                 id="unknown-backbone"),
+    pytest.param("export.formats", ["keras", "tflite-fp23"], ["export.formats", "did you mean 'tflite-fp32'",
+                                                              "onnx-int8"], id="unknown-format"),
+    pytest.param("name", "../escape", ["name", "letters, digits", "e.g. my_model"], id="name-escapes-build-dir"),
+    pytest.param("build_dir", "", ["build_dir", "not empty"], id="empty-build-dir"),
+    pytest.param("export.description", "two\nlines", ["export.description", "one line"], id="two-line-description"),
+    pytest.param(None, lambda text, tmp: text + "name: again\n", ["'name' appears twice", "keep one"],
+                 id="duplicate-key"),
+    pytest.param(None, lambda text, tmp: text + "train: [unclosed\n", ["not valid YAML at line", "fix it"],
+                 id="yaml-syntax"),
+    pytest.param(None, lambda text, tmp: "- a list\n- not a mapping\n", ["must be a YAML mapping", "name, data"],
+                 id="not-a-mapping"),
+    pytest.param(None, lambda text, tmp: text.replace("name: tiny", f"name: !!python/object/apply:os.system "
+                                                      f"['touch {tmp}/PWNED']"),
+                 ["!!python/object/apply:os.system", "not allowed"], id="python-tag"),
+]
+
+
+@pytest.mark.parametrize("key, value, expected", CLI_CASES)
+def test_cli_config_error_is_one_sentence_exit_2(tmp_path, key, value, expected):
+    path = write_config(tmp_path / "c.yaml")
+    if key is None:
+        path.write_text(value(path.read_text(), tmp_path))
+    else:
+        _set_key(path, key, value)
+    proc = run_cli("run", "--config", str(path))
+    line = _one_sentence_exit_2(proc)
+    assert proc.stderr.splitlines() == [line], "the sentence is all a config error prints"
+    assert str(path) in line, line
+    for text in expected:
+        assert text in line, line
+    assert not (tmp_path / "build").exists() and not (tmp_path / "PWNED").exists()
+
+
+def test_cli_malformed_set_is_one_sentence_exit_2(tmp_path):
+    line = _one_sentence_exit_2(run_cli("run", "--config", str(write_config(tmp_path / "c.yaml")),
+                                        "--set", "train.head_epochs"))
+    assert "'train.head_epochs'" in line and "section.key=value" in line
+
+
+@pytest.mark.parametrize("name", ["../escape", "..", ".", "", " ", "/abs/path", "a/b", "a\\b", ".hidden", "-rf",
+                                  "a\nb", "caf\u00e9", "x" * 101])
+def test_names_that_could_leave_the_build_folder_are_refused(tmp_path, name):
+    with pytest.raises(ConfigError, match=r"name: must be 1-100 ASCII letters.*e\.g\. my_model") as err:
+        load_config(write_config(tmp_path / "c.yaml"), [f"name={yaml.safe_dump(name).splitlines()[0]}"])
+    assert str(err.value).splitlines() == [str(err.value)]
+
+
+@pytest.mark.parametrize("name", ["my_model", "v1.2-beta", "A", "x" * 100])
+def test_plain_names_make_one_folder_under_build_dir(tmp_path, name):
+    cfg = load_config(write_config(tmp_path / "c.yaml", name=name))
+    assert cfg.build_root == Path(cfg.build_dir) / name and cfg.build_root.parent == tmp_path / "build"
+
+
+@pytest.mark.parametrize("build_dir", ["", "   ", "a\x00b", "bu\nild"])
+def test_unusable_build_dir_is_refused(tmp_path, build_dir):
+    with pytest.raises(ConfigError, match="build_dir: must be a folder path"):
+        load_config(write_config(tmp_path / "c.yaml", build_dir=build_dir))
+
+
+@pytest.mark.parametrize("where", ["build", "build/sub"])
+def test_build_dir_under_a_file_is_a_config_error(tmp_path, where):
+    (tmp_path / "build").write_text("a file where the build folder should be")
+    path = write_config(tmp_path / "c.yaml", build_dir=str(tmp_path / where))
+    with pytest.raises(ConfigError, match=r"build_dir: .*build' is a file") as err:
+        check_paths(load_config(path), str(path))
+    assert str(path) in str(err.value)
+
+
+def test_yaml_merge_keys_still_work(tmp_path):
+    """The duplicate-key check leaves YAML merges alone: a key beside `<<` overrides the merged one."""
+    path = write_config(tmp_path / "c.yaml")
+    path.write_text(path.read_text().replace("train:\n", "train:\n  <<: {head_epochs: 7, patience: 5}\n", 1))
+    cfg = load_config(path)
+    assert (cfg.train.head_epochs, cfg.train.patience) == (1, 5)
+
+
+@pytest.mark.parametrize("raw", ["!!int", "2001-02-30", "0000-00-00", "!!int ;", "[" * 600])
+def test_set_values_yaml_cannot_build_stay_strings(tmp_path, raw):
+    """Found by test_config_fuzz.py: PyYAML raised IndexError, ValueError or RecursionError on these."""
+    assert load_config(write_config(tmp_path / "c.yaml"), [f"data.path={raw}"]).data.path == raw
+
+
+@pytest.mark.parametrize("text, problem", [
+    ("name: tiny\nname: again\n", "'name' appears twice"),
+    ("name: 2001-02-30\n", "ValueError: day is out of range for month"),
+    ("name: !!int\n", "IndexError"),
+    ("name: " + "[" * 600 + "]" * 600 + "\n", "it nests too deeply"),
+    ('"\\r": 1\nname: tiny\n', "unknown key '\\r'"),
+])
+def test_yaml_the_parser_chokes_on_is_one_config_error(tmp_path, text, problem):
+    """Found by test_config_fuzz.py (all but the duplicate): each leaked a raw exception or a two-line message."""
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert problem in str(err.value) and str(err.value).splitlines() == [str(err.value)]
+
+
+@pytest.mark.parametrize("text, problem", [
+    ("phone: !!python/object/apply:os.system [true]\n", "the tag '!!python/object/apply:os.system' is not allowed"),
+    ("phone: 2001-02-30\n", "day is out of range"),
+    (b"\xff\xfe not UTF-8", "cannot be read (UnicodeDecodeError)"),
+    (None, "cannot be read (IsADirectoryError)"),
+])
+def test_targets_file_is_read_like_the_config(tmp_path, text, problem):
+    """benchmark.targets_file goes through the same safe, one-sentence YAML reading as the config."""
+    from benchmarks.targets import load_targets
+
+    path = tmp_path / "targets.yaml"
+    if text is None:
+        path.mkdir()
+    else:
+        path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    with pytest.raises(ConfigError) as err:
+        load_targets(path, ["phone"])
+    assert problem in str(err.value) and str(path) in str(err.value)
+    assert str(err.value).splitlines() == [str(err.value)]
+
+
+def test_paths_too_long_for_the_file_system_are_config_errors(tmp_path):
+    """Path.is_dir raises OSError (not False) for a name over 255 bytes: it must not escape as a traceback."""
+    long = "x" * 300
+    folder = write_config(tmp_path / "a.yaml", data={"source": "folder", "path": str(tmp_path / long)})
+    with pytest.raises(ConfigError, match="data.path .* is not a folder"):
+        check_paths(load_config(folder), str(folder))
+    build = write_config(tmp_path / "b.yaml", build_dir=str(tmp_path / long))
+    with pytest.raises(ConfigError, match=r"build_dir: .* cannot be used \(File name too long\)"):
+        check_paths(load_config(build), str(build))
