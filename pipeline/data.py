@@ -108,7 +108,13 @@ def scan_folder(root: str | Path) -> LabelledFiles:
     files: list[str] = []
     labels: list[int] = []
     names: list[str] = []
+    from exporters.metadata import check_label
+
     for class_dir in class_dirs:
+        try:  # the name becomes a line of labels.txt and of every file's metadata
+            check_label(class_dir.name, len(names))
+        except ValueError as exc:
+            raise DataError(f"Class folder {class_dir!r} cannot be a label ({exc}); rename the folder.") from None
         images = _class_files(class_dir, root, skipped)
         if not images:
             raise DataError(f"Class folder {class_dir} has no images ({', '.join(IMAGE_EXTENSIONS)}); add images or remove the folder.")

@@ -95,6 +95,9 @@ def test_dataset_errors_each_stop_with_one_sentence(tmp_path):
                 (root / cls / f"bad{i}.jpg").write_bytes(b"not a jpeg")
         return root
 
+    odd = folder("odd_name", {"a": 3, "two\u2028lines": 3})
+    with pytest.raises(DataError, match="cannot be a label .*line break.*rename the folder"):
+        data.scan_folder(odd)
     (tmp_path / "none").mkdir()
     with pytest.raises(DataError, match="no class sub-folders"):
         data.scan_folder(tmp_path / "none")
