@@ -20,6 +20,8 @@ import sys
 from pathlib import Path
 from typing import Optional
 
+from pipeline.io import atomic_path, write_text
+
 MIB = 1024 * 1024
 
 
@@ -205,7 +207,8 @@ def _save(fig, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110)  # tmp keeps the .png suffix that matplotlib picks the format by
     plt.close(fig)
     return path
 
@@ -256,8 +259,8 @@ def render(results: dict, out: Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     images = plots(results, out)
     md_path, html_path = out / "report.md", out / "report.html"
-    md_path.write_text(markdown(results), encoding="utf-8")
-    html_path.write_text(html_page(results, images), encoding="utf-8")
+    write_text(md_path, markdown(results))
+    write_text(html_path, html_page(results, images))
     return [md_path, html_path, *images]
 
 

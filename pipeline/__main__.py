@@ -8,6 +8,7 @@ import logging
 import sys
 
 from pipeline.errors import PipelineError
+from pipeline.interrupt import RUN_AGAIN, Interrupted, terminate_raises
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -79,14 +80,18 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{stage:<10} not needed: {reason}")
             return 0
         check_paths(cfg, args.config)
-        ran = runner.run(cfg, args.config, force=tuple(args.force))
+        with terminate_raises():
+            ran = runner.run(cfg, args.config, force=tuple(args.force))
         print(f"{cfg.build_root}: ran {', '.join(ran) if ran else 'no stage (everything up to date)'}")
         return 0
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except Interrupted as exc:  # SIGTERM anywhere, or either signal during fine-tuning
+        print(f"interrupted: {exc}", file=sys.stderr)
+        return exc.exit_code
     except KeyboardInterrupt:
-        print("interrupted: stages that finished keep their stamps; run again to continue.", file=sys.stderr)
+        print(f"interrupted: {RUN_AGAIN}", file=sys.stderr)
         return 130
 
 

@@ -31,6 +31,9 @@ class RunContext:
     root: Path  # build/<name>
     config_source: str
     outputs: list[str] = field(default_factory=list)
+    # What the stage's stamp will record as its inputs; a stage that keeps state across
+    # runs (a training checkpoint) compares against it with input_change().
+    inputs: dict = field(default_factory=dict)
 
     def path(self, rel: str) -> Path:
         return self.root / rel
@@ -49,7 +52,8 @@ def _code_hash(modules: tuple[str, ...]) -> str:
     return digest.hexdigest()
 
 
-def _expected(stage: Stage, cfg: Config, root: Path) -> dict:
+def stage_inputs(stage: Stage, cfg: Config, root: Path) -> dict:
+    """What a stage's result depends on, as its stamp records it: dependency files, config, code, source data."""
     deps = {}
     for rel in stage.dependencies(cfg):
         p = root / rel
@@ -69,6 +73,24 @@ def stamp_path(root: Path, stage: Stage) -> Path:
     return root / stage.name / "stamp.json"
 
 
+def input_change(recorded: dict, expected: dict) -> Optional[str]:
+    """Why ``recorded`` (a stamp, a checkpoint) was made from other inputs than ``expected``; None if it was not."""
+    for rel, digest in expected["deps"].items():
+        if digest is None:
+            return f"input {rel} missing"
+        if recorded.get("deps", {}).get(rel) != digest:
+            return f"input {rel} changed"
+    if recorded.get("params") != expected["params"]:
+        old = recorded.get("params") if isinstance(recorded.get("params"), dict) else {}
+        changed = [s for s in expected["params"] if old.get(s) != expected["params"][s]]
+        return f"config section(s) {', '.join(changed)} changed"
+    if recorded.get("code") != expected["code"]:
+        return "stage code changed"
+    if recorded.get("inputs") != expected["inputs"]:
+        return "source data changed"
+    return None
+
+
 def why_stale(stage: Stage, cfg: Config, root: Path) -> Optional[str]:
     """None when the stage is up to date, else a short reason."""
     path = stamp_path(root, stage)
@@ -78,20 +100,9 @@ def why_stale(stage: Stage, cfg: Config, root: Path) -> Optional[str]:
         stamp = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
         return "stamp unreadable"
-    expected = _expected(stage, cfg, root)
-    for rel, digest in expected["deps"].items():
-        if digest is None:
-            return f"input {rel} missing"
-        if stamp.get("deps", {}).get(rel) != digest:
-            return f"input {rel} changed"
-    if stamp.get("params") != expected["params"]:
-        old = stamp.get("params") if isinstance(stamp.get("params"), dict) else {}
-        changed = [s for s in expected["params"] if old.get(s) != expected["params"][s]]
-        return f"config section(s) {', '.join(changed)} changed"
-    if stamp.get("code") != expected["code"]:
-        return "stage code changed"
-    if stamp.get("inputs") != expected["inputs"]:
-        return "source data changed"
+    changed = input_change(stamp, stage_inputs(stage, cfg, root))
+    if changed:
+        return changed
     for rel, digest in stamp.get("outs", {}).items():
         out = root / rel
         if not out.exists():
@@ -155,8 +166,8 @@ def run(cfg: Config, config_source: str, force: tuple[str, ...] = ()) -> list[st
         log.info("[%s] running (%s)", stage.name, reason)
         # The old stamp goes first: if this run dies, the stage is stale next time.
         stamp_path(root, stage).unlink(missing_ok=True)
-        expected = _expected(stage, cfg, root)
-        ctx = RunContext(root=root, config_source=config_source)
+        expected = stage_inputs(stage, cfg, root)
+        ctx = RunContext(root=root, config_source=config_source, inputs=expected)
         started = time.time()
         run_stage(cfg, ctx)
         elapsed = time.time() - started

@@ -211,7 +211,8 @@ def run(cfg: Config, ctx) -> None:
         entries.append(entry)
 
     labels_out = artifacts / "labels.txt"
-    shutil.copyfile(ctx.path("data/labels.txt"), labels_out)
+    with atomic_path(labels_out) as tmp:
+        shutil.copyfile(ctx.path("data/labels.txt"), tmp)
     ctx.record_output(labels_out)
 
     results = {

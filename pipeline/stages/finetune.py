@@ -13,13 +13,16 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from typing import Optional
 
 import numpy as np
 
-from pipeline import data, models
+from pipeline import data, interrupt, models
 from pipeline.config import Config
+from pipeline.interrupt import Interrupted, StopRequest
 from pipeline.io import atomic_path, write_json
 from pipeline.keras_compat import keras, tf
+from pipeline.resume import TrainingCheckpoint
 from pipeline.stages import Stage
 from pipeline.stages.data import read_labels
 from pipeline.training import compile_model, seed_everything
@@ -31,8 +34,9 @@ STAGE = Stage(
     deps=("data/train.npz", "data/val.npz", "data/labels.txt"),
     # data too: augmentation and the shuffle seed live there.
     params=("data", "model", "train"),
-    code=("pipeline.stages.finetune", "pipeline.training", "pipeline.models", "pipeline.data"),
+    code=("pipeline.stages.finetune", "pipeline.training", "pipeline.models", "pipeline.data", "pipeline.resume"),
 )
+PHASES = ("head", "fine_tune")
 
 
 class BestWeights(keras.callbacks.Callback):
@@ -51,16 +55,126 @@ class BestWeights(keras.callbacks.Callback):
             self.best, self.best_epoch, self.weights = acc, f"{self.phase} epoch {epoch + 1}", self.model.get_weights()
 
 
-def _fit(model, phase: str, epochs: int, train_ds, val_ds, best: BestWeights, patience: int) -> dict:
-    if epochs <= 0:
-        return {}
-    best.phase = phase
-    stop = keras.callbacks.EarlyStopping(monitor="val_accuracy", patience=patience, mode="max")
-    # A progress bar on a terminal; one line per epoch in CI logs.
-    verbose = 1 if sys.stdout.isatty() else 2
-    log.info("[finetune] %s: %d epoch(s), %d trainable weight tensors", phase, epochs, len(model.trainable_weights))
-    history = model.fit(train_ds, validation_data=val_ds, epochs=epochs, callbacks=[best, stop], verbose=verbose)
-    return {k: [float(v) for v in vals] for k, vals in history.history.items()}
+class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
+    """EarlyStopping that can start a phase part-way through, with the patience it had already used."""
+
+    def __init__(self, resume: Optional[dict] = None, **kwargs):
+        super().__init__(**kwargs)
+        self.resume = resume
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)  # resets the counters, so the saved ones go in after it
+        if self.resume:
+            self.wait, self.best_epoch = self.resume["wait"], self.resume["best_epoch"]
+            self.best = -np.inf if self.resume["best"] is None else self.resume["best"]
+
+    def state(self) -> dict:
+        return {"wait": int(self.wait), "best_epoch": int(self.best_epoch),
+                "best": None if not np.isfinite(self.best) else float(self.best)}
+
+
+class Training:
+    """Both phases, checkpointed after every epoch and stoppable between batches by SIGINT or SIGTERM."""
+
+    def __init__(self, model, train_ds, val_ds, checkpoint: TrainingCheckpoint, saved: Optional[dict],
+                 stop: StopRequest, patience: int):
+        self.model, self.train_ds, self.val_ds = model, train_ds, val_ds
+        self.checkpoint, self.stop, self.patience = checkpoint, stop, patience
+        self.best = BestWeights()
+        self.history: dict[str, dict[str, list[float]]] = {phase: {} for phase in PHASES}
+        # What the checkpoint on disk holds, e.g. "phase head, epoch 1 of 2".
+        self.saved: Optional[str] = describe(saved) if saved else None
+        self.announce: Optional[dict] = None  # a restored state whose resume point is not logged yet
+
+    def fit(self, phase: str, epochs: int, resume: Optional[dict]) -> None:
+        """Train ``phase`` for ``epochs``, or what is left of it when ``resume`` is this phase's checkpoint."""
+        self.best.phase = phase
+        done = 0
+        if resume is not None:
+            done = epochs if resume["finished"] else resume["epoch"]
+        if done >= epochs:
+            return
+        if self.announce is not None:
+            log.info("[finetune] resuming from checkpoint: phase %s, epoch %d of %d", phase, done + 1, epochs)
+            self.announce = None
+        stop = ResumableEarlyStopping(resume=resume["early_stopping"] if resume else None,
+                                      monitor="val_accuracy", patience=self.patience, mode="max")
+        saver = EpochCheckpoint(self, phase, epochs, stop)
+        # A progress bar on a terminal; one line per epoch in CI logs.
+        verbose = 1 if sys.stdout.isatty() else 2
+        log.info("[finetune] %s: %d epoch(s), %d trainable weight tensors",
+                 phase, epochs, len(self.model.trainable_weights))
+        self.model.fit(self.train_ds, validation_data=self.val_ds, epochs=epochs, initial_epoch=done,
+                       callbacks=[self.best, stop, saver], verbose=verbose)
+
+    def restore(self, state: dict) -> None:
+        """Load the checkpoint into the model compiled for ``state``'s phase, and the loop's own state."""
+        self.model.optimizer.build(self.model.trainable_variables)  # slots exist, so they are restored now
+        self.checkpoint.restore(state, {"model": self.model, "optimizer": self.model.optimizer})
+        self.history = {phase: dict(state["history"].get(phase, {})) for phase in PHASES}
+        best = state["best"]
+        if best["weights"] is not None:
+            self.best.best, self.best.best_epoch = best["val_accuracy"], best["epoch"]
+            self.best.weights = (self.model.get_weights() if best["weights"] == "model"
+                                 else self.checkpoint.arrays(state, best["weights"]))
+        # Keras makes a new iterator over the training data when fit() starts and
+        # one per epoch, and each one reshuffles; making as many as the run had made
+        # replays the shuffle order an uninterrupted run would have had.
+        fits = [phase for phase in PHASES if self.history[phase]]
+        iterators = sum(1 + len(self.history[phase].get("loss", [])) for phase in fits)
+        if not state["finished"]:
+            iterators -= 1  # the phase's own fit() makes that one again
+        for _ in range(iterators):
+            iter(self.train_ds)
+        self.saved = describe(state)
+        self.announce = state
+
+    def save(self, phase: str, epoch: int, epochs: int, finished: bool, stop: ResumableEarlyStopping) -> None:
+        state = {"phase": phase, "epoch": epoch, "epochs": epochs, "finished": finished,
+                 "history": self.history, "early_stopping": stop.state(),
+                 "best": {"val_accuracy": None, "epoch": None, "weights": None}}
+        arrays = {}
+        if self.best.weights is not None:
+            current = self.best.best_epoch == f"{phase} epoch {epoch}"
+            state["best"] = {"val_accuracy": float(self.best.best), "epoch": self.best.best_epoch,
+                             "weights": "model" if current else "best"}
+            if not current:
+                arrays["best"] = self.best.weights
+        self.checkpoint.save(state, {"model": self.model, "optimizer": self.model.optimizer}, arrays)
+        self.saved = describe(state)
+        log.info("[finetune] checkpoint saved: %s", self.saved)
+
+    def interrupted(self, signum: int) -> Interrupted:
+        if self.saved is None:
+            return Interrupted(signum, "fine-tuning stopped before its first epoch ended; the next run starts it over.")
+        return Interrupted(signum, f"fine-tuning stopped; its checkpoint after {self.saved} is in "
+                                   f"{self.checkpoint.directory}, and the next run resumes from it.")
+
+
+class EpochCheckpoint(keras.callbacks.Callback):
+    """Saves the checkpoint after every epoch; stops the fit between batches once a signal came."""
+
+    def __init__(self, training: Training, phase: str, epochs: int, stop: ResumableEarlyStopping):
+        super().__init__()
+        self.training, self.phase, self.epochs, self.stop = training, phase, epochs, stop
+
+    def on_train_batch_begin(self, batch, logs=None):
+        # Before the batch: a signal that came during the last one, or during validation
+        # and the save after it, stops here, and the checkpoint on disk is complete.
+        self.training.stop.check()
+
+    def on_epoch_end(self, epoch, logs=None):
+        # Runs after BestWeights and EarlyStopping (the list's order), so their state is this epoch's.
+        history = self.training.history[self.phase]
+        for key, value in (logs or {}).items():
+            history.setdefault(key, []).append(float(value))
+        finished = epoch + 1 >= self.epochs or bool(self.model.stop_training)
+        self.training.save(self.phase, epoch + 1, self.epochs, finished, self.stop)
+
+
+def describe(state: dict) -> str:
+    text = f"phase {state['phase']}, epoch {state['epoch']} of {state['epochs']}"
+    return text + (" (the phase stopped early)" if state["finished"] and state["epoch"] < state["epochs"] else "")
 
 
 def run(cfg: Config, ctx) -> None:
@@ -86,21 +200,38 @@ def run(cfg: Config, ctx) -> None:
         log.warning("[finetune] model.weights is 'none' but part of the backbone or its BatchNorm stays frozen; "
                     "training from scratch needs train.fine_tune_at: 1.0, train.freeze_batchnorm: false and "
                     "train.batchnorm_momentum: 0.9 (as in configs/quickstart.yaml)")
-    best = BestWeights()
+    checkpoint = TrainingCheckpoint(ctx.path("finetune/checkpoint"), ctx.inputs, "finetune")
+    saved = checkpoint.load()
     started = time.time()
-    models.freeze_backbone(model)
     steps = int(np.ceil(len(y_train) / t.batch_size))
-    compile_model(model, t.head_lr, t.head_epochs, steps, t)
-    head = _fit(model, "head", t.head_epochs, train_ds, val_ds, best, t.patience)
-
-    unfrozen = models.set_trainable(model, t.fine_tune_at, t.freeze_batchnorm)
-    fine = {}
-    if unfrozen and t.fine_tune_epochs:
-        compile_model(model, t.fine_tune_lr, t.fine_tune_epochs, steps, t)  # trainable flags take effect on compile
-        fine = _fit(model, "fine_tune", t.fine_tune_epochs, train_ds, val_ds, best, t.patience)
-    elif t.fine_tune_epochs:
-        log.info("[finetune] fine_tune_at unfreezes no layer: phase 2 skipped")
-
+    unfrozen = 0
+    with interrupt.deferred() as stop:
+        training = Training(model, train_ds, val_ds, checkpoint, saved, stop, t.patience)
+        phases = (("head", t.head_lr, t.head_epochs), ("fine_tune", t.fine_tune_lr, t.fine_tune_epochs))
+        try:
+            # A resumed run takes the same steps as an uninterrupted one (trainable flags,
+            # a new optimizer per phase) but does not train a phase that ended before the
+            # checkpoint's: the checkpoint holds the weights it led to.
+            models.freeze_backbone(model)
+            for phase, lr, epochs in phases:
+                if phase == "fine_tune":
+                    unfrozen = models.set_trainable(model, t.fine_tune_at, t.freeze_batchnorm)
+                    if not unfrozen and epochs:
+                        log.info("[finetune] fine_tune_at unfreezes no layer: phase 2 skipped")
+                if epochs <= 0 or (phase == "fine_tune" and not unfrozen):
+                    continue
+                compile_model(model, lr, epochs, steps, t)  # trainable flags take effect on compile
+                if saved is not None and saved["phase"] == phase:
+                    training.restore(saved)
+                    training.fit(phase, epochs, resume=saved)
+                elif saved is None or PHASES.index(saved["phase"]) < PHASES.index(phase):
+                    training.fit(phase, epochs, resume=None)
+            if training.announce is not None:
+                log.info("[finetune] resuming from checkpoint: %s; every epoch is done", training.saved)
+            stop.check()  # a signal after the last batch still stops the run before anything is published
+        except Interrupted as exc:
+            raise training.interrupted(exc.signum) from None
+    best = training.best
     if best.weights is not None:
         model.set_weights(best.weights)
         log.info("[finetune] restored best weights: val_accuracy %.4f at %s", best.best, best.best_epoch)
@@ -115,11 +246,13 @@ def run(cfg: Config, ctx) -> None:
     ctx.record_output(out)
     history = ctx.path("finetune/history.json")
     write_json(history, {
-        "head": head, "fine_tune": fine, "unfrozen_layers": unfrozen,
+        "head": training.history["head"], "fine_tune": training.history["fine_tune"], "unfrozen_layers": unfrozen,
         "best_val_accuracy": None if best.weights is None else float(best.best),
         "best_epoch": best.best_epoch, "seconds": round(time.time() - started, 1),
     })
     ctx.record_output(history)
+    # Only now: a run killed before this point resumes from the checkpoint instead of starting over.
+    checkpoint.discard()
 
 
 def load_model(path) -> keras.Model:
