@@ -7,6 +7,7 @@ import zipfile
 from pathlib import Path
 
 from exporters.registry import ExportContext, Exporter, register
+from pipeline.io import atomic_path
 
 # A fixed time for every zip entry: the earliest a zip can store, as reproducible builds use.
 _ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
@@ -22,8 +23,7 @@ def make_reproducible(path: Path) -> None:
     path = Path(path)
     with zipfile.ZipFile(path) as source:
         entries = [(info, source.read(info)) for info in source.infolist()]
-    tmp = path.with_name(f".{path.name}.reproducible.tmp")
-    with zipfile.ZipFile(tmp, "w") as out:
+    with atomic_path(path) as tmp, zipfile.ZipFile(tmp, "w") as out:
         for info, data in entries:
             if info.filename == "metadata.json":
                 meta = json.loads(data)
@@ -34,7 +34,6 @@ def make_reproducible(path: Path) -> None:
             fixed.external_attr = 0o644 << 16
             fixed.create_system = 3
             out.writestr(fixed, data)
-    tmp.replace(path)
 
 
 @register("keras")

@@ -657,6 +657,7 @@ def read_metadata(path: str | os.PathLike) -> dict:
 
 def _replace(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file, so a reader never sees half a file."""
-    tmp = path.with_name(f".{path.name}.metadata.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    from pipeline.io import atomic_path
+
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)

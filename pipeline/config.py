@@ -290,13 +290,13 @@ class Config(_Section):
 
     def section_hash(self, *sections: str) -> str:
         payload = {s: getattr(self, s).model_dump(mode="json") for s in sections}
-        return _sha256_json(payload)
+        return sha256_json(payload)
 
     def config_hash(self) -> str:
-        return _sha256_json(self.model_dump(mode="json"))
+        return sha256_json(self.model_dump(mode="json"))
 
 
-def _sha256_json(payload: Any) -> str:
+def sha256_json(payload: Any) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 

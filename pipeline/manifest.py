@@ -70,8 +70,9 @@ def config_facts(cfg) -> dict:
     """The resolved config and its sha256, without ``build_dir``: where a build is made is not what it is made of."""
     config = cfg.model_dump(mode="json")
     config.pop("build_dir", None)
-    digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
-    return {"config_hash": digest, "config": config}
+    from pipeline.config import sha256_json
+
+    return {"config_hash": sha256_json(config), "config": config}
 
 
 def files_fingerprint(root: Path, files: list[str]) -> str:
