@@ -288,8 +288,10 @@ class Config(_Section):
     def build_root(self) -> Path:
         return Path(self.build_dir) / self.name
 
-    def section_hash(self, *sections: str) -> str:
-        payload = {s: getattr(self, s).model_dump(mode="json") for s in sections}
+    def section_hash(self, *sections: str, ignore: tuple[str, ...] = ()) -> str:
+        """sha256 of the sections' values, leaving out the ``ignore``d "section.key"s."""
+        payload = {s: {k: v for k, v in getattr(self, s).model_dump(mode="json").items() if f"{s}.{k}" not in ignore}
+                   for s in sections}
         return _sha256_json(payload)
 
     def config_hash(self) -> str:
