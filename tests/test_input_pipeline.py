@@ -1,7 +1,8 @@
-"""The training input pipeline: data.cache modes, order and augmentation from the seed, disk caches."""
+"""The training input pipeline: data.cache modes, order and augmentation from the seed, disk caches, throughput CLI."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -127,6 +128,33 @@ def test_disk_cache_left_by_a_killed_run_is_not_trusted(tmp_path):
     assert np.array_equal(x, images.astype(np.float32)) and np.array_equal(y, labels)
     assert len(list(cache_dir.iterdir())) == 1  # the killed run's two folders are gone; this dataset's is in use
     assert not any(p.name.endswith(".lockfile") for p in cache_dir.rglob("*"))
+
+
+def test_train_throughput_measures_pipeline_and_training(tmp_path):
+    from benchmarks import train_throughput
+
+    config = write_config(tmp_path / "tiny.yaml")
+    assert train_throughput.main(["--config", str(config), "--epochs", "1", "--steps", "2",
+                                  "--set", "data.cache=disk"]) == 0
+    result = json.loads((tmp_path / "build/tiny/bench/train_throughput.json").read_text())
+    assert result["cache_used"] == "disk" and result["phase"] == "fine_tune" and result["steps_per_epoch"] == 2
+    for kind in ("pipeline", "training"):
+        (row,) = result[kind]
+        assert row["epoch"] == 1 and row["images"] == 2 * 16 and row["images_per_s"] > 0
+    (training,) = result["training"]
+    assert training["steps"] == 2 and 0 <= training["data_wait_fraction"] < 1
+    steady = result["steady_state"]
+    assert steady["epochs"] == [1] and steady["pipeline_to_training"] > 0
+    assert (tmp_path / "build/tiny/data/train.npz").exists()  # it ran the data stage itself ...
+    assert not (tmp_path / "build/tiny/finetune").exists()  # ... and nothing after it
+
+
+def test_train_throughput_names_a_missing_config_in_one_sentence(tmp_path, capsys):
+    from benchmarks import train_throughput
+
+    assert train_throughput.main(["--config", str(tmp_path / "missing.yaml")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "missing.yaml" in err and len(err.splitlines()) == 1
 
 
 def test_switching_the_cache_retrains_but_does_not_decode_again(tmp_path):
