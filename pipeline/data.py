@@ -494,7 +494,11 @@ def _source(images: np.ndarray, labels: np.ndarray):
     pixels = tf.data.FixedLengthRecordDataset(filename, record, header_bytes=offset, footer_bytes=footer)
     pixels = pixels.map(lambda raw: tf.reshape(tf.io.decode_raw(raw, dtype), shape),
                         num_parallel_calls=tf.data.AUTOTUNE)
-    return tf.data.Dataset.zip((pixels, tf.data.Dataset.from_tensor_slices(labels)))
+    streamed = tf.data.Dataset.zip((pixels, tf.data.Dataset.from_tensor_slices(labels)))
+    # tf.data cannot know how many records a file holds. Keras handles a dataset of unknown
+    # length differently (each fit() runs its first epoch until the data ends), and then a
+    # resumed fine-tuning no longer trained as an uninterrupted one (tests/test_resume.py).
+    return streamed.apply(tf.data.experimental.assert_cardinality(len(images)))
 
 
 def make_dataset(images: np.ndarray, labels: np.ndarray, batch_size: int, *, training: bool,
