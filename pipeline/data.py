@@ -395,7 +395,7 @@ def _file_region(images: np.ndarray) -> tuple[str, int] | None:
     if not (isinstance(images, np.memmap) and isinstance(origin, np.memmap) and isinstance(origin.base, mmap.mmap)
             and images.flags.c_contiguous and origin.filename):
         return None
-    return origin.filename, origin.offset + (images.ctypes.data - origin.ctypes.data)
+    return str(origin.filename), origin.offset + (images.ctypes.data - origin.ctypes.data)
 
 
 # data.cache: auto keeps a split in memory when its decoded bytes are at most this
