@@ -13,7 +13,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $@
 
-.PHONY: venv export status verify bench report gate test test-slow probe clean
+.PHONY: venv export status verify bench bench-train report gate test test-slow probe clean
 venv: $(VENV)/.installed
 
 export: $(VENV)/.installed
@@ -31,6 +31,11 @@ verify: $(VENV)/.installed
 # stages that are out of date run first.
 bench: $(VENV)/.installed
 	$(PY) -m pipeline run --config $(CONFIG) $(foreach s,$(SET),--set $(s)) --force bench
+
+# Images/s of the input pipeline alone and of fine-tuning, and the share of step time spent waiting for data
+# (bench/train_throughput.json); TRAIN_FLAGS="--epochs 3 --steps 40" bounds the run.
+bench-train: $(VENV)/.installed
+	$(PY) -m benchmarks.train_throughput --config $(CONFIG) $(foreach s,$(SET),--set $(s)) $(TRAIN_FLAGS)
 
 # Re-render report/report.md and report.html from the build's bench/results.json.
 report: $(VENV)/.installed

@@ -66,6 +66,10 @@ class DataConfig(_Section):
     max_image_pixels: int = Field(default=100_000_000, ge=1)
     # A class with fewer usable images than this stops the run (3: one each for train, val and test).
     min_images_per_class: int = Field(default=3, ge=3)
+    # Where training keeps the decoded splits between epochs: "memory", "disk" (build/<name>/cache/,
+    # for splits larger than memory), "none", or "auto" (memory when a split fits half the memory
+    # available, else disk). Augmentation comes after it, so each epoch is augmented anew.
+    cache: Literal["auto", "memory", "disk", "none"] = "auto"
 
     @model_validator(mode="after")
     def _path_matches_source(self) -> "DataConfig":
@@ -288,8 +292,10 @@ class Config(_Section):
     def build_root(self) -> Path:
         return Path(self.build_dir) / self.name
 
-    def section_hash(self, *sections: str) -> str:
-        payload = {s: getattr(self, s).model_dump(mode="json") for s in sections}
+    def section_hash(self, *sections: str, ignore: tuple[str, ...] = ()) -> str:
+        """sha256 of the sections' values, leaving out the ``ignore``d "section.key"s."""
+        payload = {s: {k: v for k, v in getattr(self, s).model_dump(mode="json").items() if f"{s}.{k}" not in ignore}
+                   for s in sections}
         return sha256_json(payload)
 
     def config_hash(self) -> str:

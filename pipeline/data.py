@@ -340,19 +340,202 @@ def fingerprint_files(root: Path, files: tuple[str, ...]) -> str:
     return digest.hexdigest()
 
 
-def load_split(path: Path) -> tuple[np.ndarray, np.ndarray]:
+def load_split(path: Path, mmap: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """A split's uint8 images and int64 labels, as the data stage stored them.
+
+    With ``mmap`` the images stay in the file (a read-only ``np.memmap``), so a split
+    larger than memory can be fed from disk (:func:`make_dataset` streams it).
+    """
+    if mmap:
+        images = _mapped_member(Path(path), "images")
+        if images is not None:
+            with np.load(path) as npz:
+                return images, npz["labels"]
     with np.load(path) as npz:
         return npz["images"], npz["labels"]
 
 
-def make_dataset(images: np.ndarray, labels: np.ndarray, batch_size: int, *, training: bool,
-                 augment: tuple[str, ...] = (), seed: int = 0):
-    """tf.data over decoded uint8 images: cache, (shuffle, augment) for training, batch, prefetch."""
+def _mapped_member(path: Path, key: str) -> np.ndarray | None:
+    """The array ``key`` of an uncompressed .npz mapped from the file, or None where it cannot be (compressed, empty)."""
+    import struct
+    import zipfile
+
+    with zipfile.ZipFile(path) as archive:
+        info = archive.getinfo(f"{key}.npy")
+    if info.compress_type != zipfile.ZIP_STORED:
+        return None
+    with open(path, "rb") as fh:
+        # The zip's local file header (30 bytes, then the name and an extra field) precedes the .npy bytes.
+        fh.seek(info.header_offset)
+        header = fh.read(30)
+        if header[:4] != b"PK\x03\x04":
+            return None
+        name_length, extra_length = struct.unpack("<HH", header[26:30])
+        fh.seek(info.header_offset + 30 + name_length + extra_length)
+        version = np.lib.format.read_magic(fh)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran_order, dtype = read_header(fh)
+        offset = fh.tell()
+    if dtype.hasobject or 0 in shape:
+        return None
+    return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape, order="F" if fortran_order else "C")
+
+
+def _file_region(images: np.ndarray) -> tuple[str, int] | None:
+    """(file, byte offset) where a memory-mapped array's data lies, or None for an array in memory.
+
+    A slice of a mapped split is mapped too, but numpy keeps the whole mapping's
+    offset on it: the slice's own start is found from the mapping it belongs to.
+    """
+    import mmap
+
+    origin = images
+    while isinstance(origin.base, np.ndarray):
+        origin = origin.base
+    if not (isinstance(images, np.memmap) and isinstance(origin, np.memmap) and isinstance(origin.base, mmap.mmap)
+            and images.flags.c_contiguous and origin.filename):
+        return None
+    return str(origin.filename), origin.offset + (images.ctypes.data - origin.ctypes.data)
+
+
+# data.cache: auto keeps a split in memory when its decoded bytes are at most this
+# fraction of the memory available when training starts; the rest is left to the model,
+# its gradients and optimizer state, and the other split's cache.
+MEMORY_CACHE_FRACTION = 0.5
+# A split that is not held in memory (disk cache, or no cache over a mapped split) is
+# shuffled within a window of this many bytes of images instead of as a whole: a
+# whole-split shuffle buffer would hold every image in memory after all. A constant,
+# not a share of the memory free now, so the order stays a function of the seed.
+SHUFFLE_WINDOW_BYTES = 256 * 2**20
+
+
+def available_memory() -> int | None:
+    """Bytes the system can give this process now without swapping, or None where it cannot say."""
+    import os
+
+    try:
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):  # counts reclaimable page cache, unlike MemFree
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):  # not every system names these (macOS has no SC_AVPHYS_PAGES)
+        return None
+
+
+def memory_budget() -> int | None:
+    """Bytes a split may take in the memory cache under data.cache: auto (None: unknown, so memory)."""
+    available = available_memory()
+    return None if available is None else int(available * MEMORY_CACHE_FRACTION)
+
+
+def resolve_cache(mode: str, nbytes: int) -> str:
+    """The cache a split of ``nbytes`` decoded bytes gets: ``mode`` itself, or for auto memory when it fits, else disk."""
+    if mode != "auto":
+        return mode
+    budget = memory_budget()
+    return "memory" if budget is None or nbytes <= budget else "disk"
+
+
+def _pid_alive(pid: int) -> bool:
+    import os
+
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def _disk_cache_prefix(cache_dir: Path, label: str, owner) -> str:
+    """A fresh folder for one dataset's tf.data cache files; the file prefix inside it.
+
+    ``Dataset.cache(filename)`` trusts whatever it finds under that prefix: a finished
+    cache is read back without a check that it holds the same images, and a run killed
+    while writing leaves a lock file that makes the next run fail. So every dataset
+    writes under a name no earlier run used (its process id and a random part), the
+    folder goes when ``owner`` (the dataset) does or the process ends, and folders of
+    processes that no longer run are deleted here.
+    """
+    import os
+    import re
+    import shutil
+    import tempfile
+    import weakref
+
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    for folder in cache_dir.iterdir():
+        match = re.fullmatch(r".+\.pid(\d+)\..+", folder.name)
+        if folder.is_dir() and match and not _pid_alive(int(match.group(1))):
+            shutil.rmtree(folder, ignore_errors=True)
+    folder = tempfile.mkdtemp(prefix=f"{label}.pid{os.getpid()}.", dir=cache_dir)
+    weakref.finalize(owner, shutil.rmtree, folder, True)  # also runs at interpreter exit
+    return os.path.join(folder, "cache")
+
+
+def _source(images: np.ndarray, labels: np.ndarray):
+    """(image, label) elements: streamed from the .npz for a memory-mapped split, else sliced from memory."""
+    import os
+
     from pipeline.keras_compat import tf
 
-    ds = tf.data.Dataset.from_tensor_slices((images, labels)).cache()
+    region = _file_region(images)
+    if region is None:
+        return tf.data.Dataset.from_tensor_slices((images, labels))
+    filename, offset = region
+    record = int(np.prod(images.shape[1:])) * images.dtype.itemsize
+    footer = os.path.getsize(filename) - offset - record * len(images)
+    shape, dtype = images.shape[1:], tf.as_dtype(images.dtype)
+    pixels = tf.data.FixedLengthRecordDataset(filename, record, header_bytes=offset, footer_bytes=footer)
+    pixels = pixels.map(lambda raw: tf.reshape(tf.io.decode_raw(raw, dtype), shape),
+                        num_parallel_calls=tf.data.AUTOTUNE)
+    streamed = tf.data.Dataset.zip((pixels, tf.data.Dataset.from_tensor_slices(labels)))
+    # tf.data cannot know how many records a file holds. Keras handles a dataset of unknown
+    # length differently (each fit() runs its first epoch until the data ends), and then a
+    # resumed fine-tuning no longer trained as an uninterrupted one (tests/test_resume.py).
+    return streamed.apply(tf.data.experimental.assert_cardinality(len(images)))
+
+
+def make_dataset(images: np.ndarray, labels: np.ndarray, batch_size: int, *, training: bool,
+                 augment: tuple[str, ...] = (), seed: int = 0, cache: str = "memory",
+                 cache_dir: Path | None = None, label: str = "split"):
+    """tf.data over decoded uint8 images: cache, (shuffle, augment) for training, batch, prefetch.
+
+    ``cache`` is data.cache: ``memory``, ``disk`` (files under ``cache_dir``, removed
+    with the dataset), ``none`` (read the source every epoch) or ``auto`` (memory when
+    the split fits :func:`memory_budget`, else disk). The cache holds the uint8 images
+    before shuffling and augmentation, so every epoch is shuffled and augmented anew;
+    the order and the augmentations depend only on ``seed``. They are the same for
+    every cache while the split fits the shuffle window (:data:`SHUFFLE_WINDOW_BYTES`).
+    """
+    import logging
+
+    from pipeline.keras_compat import tf
+
+    nbytes = int(images.nbytes)
+    mode = resolve_cache(cache, nbytes)
+    ds = _source(images, labels)
+    if mode == "memory":
+        ds = ds.cache()
+    elif mode == "disk":
+        if cache_dir is None:
+            raise ValueError("a disk cache needs cache_dir")
+        prefix = _disk_cache_prefix(Path(cache_dir), label, ds)
+        ds = ds.cache(prefix)
+    elif mode != "none":
+        raise ValueError(f"unknown cache mode {cache!r}")
+    logging.getLogger("pipeline").info("[data] %s: %d images, %.1f MB decoded, cache %s%s", label, len(images),
+                                       nbytes / 1e6, mode, " (auto)" if cache == "auto" else "")
     if training:
-        ds = ds.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
+        in_memory = mode == "memory" or _file_region(images) is None
+        per_image = max(1, nbytes // max(1, len(images)))
+        window = len(images) if in_memory else max(1, min(len(images), SHUFFLE_WINDOW_BYTES // per_image))
+        ds = ds.shuffle(window, seed=seed, reshuffle_each_iteration=True)
     ds = ds.map(lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=tf.data.AUTOTUNE)
     if training and augment:
         ds = ds.map(lambda x, y: (_augment(x, augment), y), num_parallel_calls=tf.data.AUTOTUNE)

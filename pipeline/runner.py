@@ -58,7 +58,7 @@ def stage_inputs(stage: Stage, cfg: Config, root: Path) -> dict:
     for rel in stage.dependencies(cfg):
         p = root / rel
         deps[rel] = sha256_file(p) if p.exists() else None
-    params = {section: cfg.section_hash(section) for section in stage.params}
+    params = {section: cfg.section_hash(section, ignore=stage.ignores) for section in stage.params}
     if stage.derived_params:
         params.update(stage.derived_params(cfg))
     return {
@@ -139,8 +139,12 @@ def not_needed(cfg: Config) -> list[tuple[str, str]]:
             if stage.not_needed and stage.not_needed(cfg)]
 
 
-def run(cfg: Config, config_source: str, force: tuple[str, ...] = ()) -> list[str]:
-    """Run every stale stage, and the ``force``d ones; return the names of the stages that ran."""
+def run(cfg: Config, config_source: str, force: tuple[str, ...] = (), through: Optional[str] = None) -> list[str]:
+    """Run every stale stage, and the ``force``d ones; return the names of the stages that ran.
+
+    ``through`` stops after that stage: a tool that needs only the decoded splits
+    (``benchmarks.train_throughput``) brings the data stage up to date without training.
+    """
     stages = all_stages()
     known = [stage.name for stage, _ in stages]
     for name in force:
@@ -149,6 +153,10 @@ def run(cfg: Config, config_source: str, force: tuple[str, ...] = ()) -> list[st
         stage = next(s for s, _ in stages if s.name == name)
         if stage.not_needed and stage.not_needed(cfg):
             raise ConfigError(f"--force {name}: the stage is not needed for this config ({stage.not_needed(cfg)}).")
+    if through is not None:
+        if through not in known:
+            raise ValueError(f"no stage {through!r}; stages are {', '.join(known)}")
+        stages = stages[:known.index(through) + 1]
     root = cfg.build_root
     root.mkdir(parents=True, exist_ok=True)
     ran: list[str] = []

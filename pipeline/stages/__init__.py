@@ -26,6 +26,8 @@ class Stage:
     derived_params: Optional[Callable] = field(default=None)
     # cfg -> why the stage has nothing to do for this config (None: it is needed).
     not_needed: Optional[Callable] = field(default=None)
+    # "section.key"s of ``params`` that do not change what the stage makes, left out of its stamp.
+    ignores: tuple[str, ...] = ()
 
     def dependencies(self, cfg) -> tuple[str, ...]:
         return self.deps + (tuple(self.extra_deps(cfg)) if self.extra_deps else ())

@@ -33,6 +33,8 @@ STAGE = Stage(
     params=("data",),
     code=("pipeline.stages.data", "pipeline.data"),
     external_inputs=_source_fingerprint,
+    # Where training caches the splits does not change them: switching it does not decode again.
+    ignores=("data.cache",),
 )
 
 

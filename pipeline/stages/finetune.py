@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from pathlib import Path
 from typing import Optional
 
 import numpy as np
@@ -177,22 +178,38 @@ def describe(state: dict) -> str:
     return text + (" (the phase stopped early)" if state["finished"] and state["epoch"] < state["epochs"] else "")
 
 
+def datasets(cfg: Config, root: Path):
+    """The training and validation datasets fine-tuning reads, and the two splits' sizes.
+
+    The optimize stage and ``benchmarks.train_throughput`` read the same ones.
+    """
+    x_train, y_train = data.load_split(root / "data/train.npz", mmap=True)
+    x_val, y_val = data.load_split(root / "data/val.npz", mmap=True)
+    batch, cache = cfg.train.batch_size, dict(cache=cfg.data.cache, cache_dir=root / "cache")
+    train_ds = data.make_dataset(x_train, y_train, batch, training=True, augment=cfg.data.augment,
+                                 seed=cfg.data.seed, label="train", **cache)
+    val_ds = data.make_dataset(x_val, y_val, batch, training=False, label="val", **cache)
+    return train_ds, val_ds, len(y_train), len(y_val)
+
+
+def build_model(cfg: Config, num_classes: int) -> keras.Model:
+    """The classifier as fine-tuning starts from it (``benchmarks.train_throughput`` trains the same)."""
+    model = models.build_classifier(cfg.model, num_classes, cfg.data.image_size)
+    if cfg.train.batchnorm_momentum is not None:
+        models.set_batchnorm_momentum(model, cfg.train.batchnorm_momentum)
+    return model
+
+
 def run(cfg: Config, ctx) -> None:
     seed_everything(cfg.data.seed)
     class_names = read_labels(ctx.root)
-    x_train, y_train = data.load_split(ctx.path("data/train.npz"))
-    x_val, y_val = data.load_split(ctx.path("data/val.npz"))
+    train_ds, val_ds, n_train, n_val = datasets(cfg, ctx.root)
     t = cfg.train
-    train_ds = data.make_dataset(x_train, y_train, t.batch_size, training=True, augment=cfg.data.augment, seed=cfg.data.seed)
-    val_ds = data.make_dataset(x_val, y_val, t.batch_size, training=False)
-
-    model = models.build_classifier(cfg.model, len(class_names), cfg.data.image_size)
-    if t.batchnorm_momentum is not None:
-        models.set_batchnorm_momentum(model, t.batchnorm_momentum)
+    model = build_model(cfg, len(class_names))
     devices = [d.device_type for d in tf.config.list_logical_devices()]
     log.info("[finetune] %s alpha=%s weights=%s on %s; %d train / %d val images",
              cfg.model.backbone, cfg.model.alpha, cfg.model.weights, "GPU" if "GPU" in devices else "CPU",
-             len(y_train), len(y_val))
+             n_train, n_val)
 
     if cfg.model.weights == "none" and (t.freeze_batchnorm or t.fine_tune_at != 1.0):
         # Seen in practice: a random backbone with frozen BatchNorm emits near-zero
@@ -203,7 +220,7 @@ def run(cfg: Config, ctx) -> None:
     checkpoint = TrainingCheckpoint(ctx.path("finetune/checkpoint"), ctx.inputs, "finetune")
     saved = checkpoint.load()
     started = time.time()
-    steps = int(np.ceil(len(y_train) / t.batch_size))
+    steps = int(np.ceil(n_train / t.batch_size))
     unfrozen = 0
     with interrupt.deferred() as stop:
         training = Training(model, train_ds, val_ds, checkpoint, saved, stop, t.patience)

@@ -28,7 +28,7 @@ from pipeline.config import Config
 from pipeline.io import atomic_path, write_json
 from pipeline.stages import Stage
 from pipeline.stages.data import read_labels
-from pipeline.stages.finetune import load_model
+from pipeline.stages.finetune import datasets, load_model
 from pipeline.distillation import compile_distillation, with_teacher
 from pipeline.training import compile_model, seed_everything
 
@@ -112,13 +112,10 @@ def _quantization_aware_training(base, preserve_sparsity: bool, weights_out: str
 def run(cfg: Config, ctx) -> None:
     seed_everything(cfg.data.seed)
     read_labels(ctx.root)
-    x_train, y_train = data.load_split(ctx.path("data/train.npz"))
-    x_val, y_val = data.load_split(ctx.path("data/val.npz"))
     t, o = cfg.train, cfg.optimize
-    train_ds = data.make_dataset(x_train, y_train, t.batch_size, training=True, augment=cfg.data.augment,
-                                 seed=cfg.data.seed)
-    val_ds = data.make_dataset(x_val, y_val, t.batch_size, training=False)
-    steps = int(np.ceil(len(y_train) / t.batch_size))
+    train_ds, val_ds, n_train, _ = datasets(cfg, ctx.root)
+    x_train, _ = data.load_split(ctx.path("data/train.npz"), mmap=True)
+    steps = int(np.ceil(n_train / t.batch_size))
     report: dict = {"models": needed_models(cfg), "distill_weight": o.distill_weight}
     # One training batch (seeded) that QAT's activation ranges start from.
     range_batch = x_train[np.random.default_rng(cfg.data.seed).permutation(len(x_train))[:t.batch_size]]
