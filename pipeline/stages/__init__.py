@@ -26,6 +26,8 @@ class Stage:
     derived_params: Optional[Callable] = field(default=None)
     # cfg -> why the stage has nothing to do for this config (None: it is needed).
     not_needed: Optional[Callable] = field(default=None)
+    # It trains under train.distribute: in a multi-worker run every worker takes part in it.
+    collective: bool = False
 
     def dependencies(self, cfg) -> tuple[str, ...]:
         return self.deps + (tuple(self.extra_deps(cfg)) if self.extra_deps else ())
