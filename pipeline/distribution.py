@@ -43,7 +43,7 @@ from pipeline.errors import ConfigError, one_line
 log = logging.getLogger("pipeline")
 
 LR_FACTORS = {"linear": float, "sqrt": math.sqrt, "none": lambda replicas: 1.0}
-LAUNCH_HELP = "see \"Training on several machines\" in the README"
+LAUNCH_HELP = "see \"Training on several GPUs or machines\" in the README"
 # Collective reductions of 8 M int32 words (32 MiB) at a time: a large dataset is
 # sent in several reductions instead of one tensor as large as the file.
 _CHUNK_WORDS = 8 << 20

@@ -314,26 +314,27 @@ def _free_ports(count: int) -> list[int]:
 
 
 WEIGHTS_LINE = re.compile(r"\[finetune\] trained weights sha256 ([0-9a-f]{64})")
+# The top ten backbone layers and their BatchNorm train: gradients and BatchNorm
+# statistics both go through the workers' collectives, in one short phase.
+MULTI_WORKER = {**TRAIN, "fine_tune_at": 10, "distribute": "multi_worker"}
 
 
-def test_two_workers_on_localhost_train_identical_weights_and_only_the_chief_writes(tmp_path):
-    from pipeline.stages.finetune import load_model, weights_digest
-
-    ports = _free_ports(2)
-    cluster = {"worker": [f"127.0.0.1:{port}" for port in ports]}
-    # The top ten backbone layers and their BatchNorm train: gradients and BatchNorm
-    # statistics both go through the workers' collectives, in one short phase.
-    train = {**TRAIN, "fine_tune_at": 10, "distribute": "multi_worker"}
-    procs, folders = [], []
-    for index in range(2):
-        folder = tmp_path / f"machine{index}"  # as if on two machines: nothing shared but the network
-        (folder / "tmp").mkdir(parents=True)
+def _start_workers(folders: list[Path], train: dict) -> list[subprocess.Popen]:
+    """``python -m pipeline run``, one worker per folder, as if on as many machines: nothing shared but the network."""
+    cluster = {"worker": [f"127.0.0.1:{port}" for port in _free_ports(len(folders))]}
+    procs = []
+    for index, folder in enumerate(folders):
+        (folder / "tmp").mkdir(parents=True, exist_ok=True)
         config = write_config(folder / "tiny.yaml", train=train, export={"formats": ["keras"], "latency_runs": 0})
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "TMPDIR": str(folder / "tmp"),
                "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})}
         procs.append(subprocess.Popen([sys.executable, "-m", "pipeline", "run", "--config", str(config)], cwd=REPO,
                                       env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
-        folders.append(folder)
+    return procs
+
+
+def _finish(procs: list[subprocess.Popen]) -> list[str]:
+    """Each worker's log, once all have ended (killed after SUBPROCESS_TIMEOUT_S: only against a hang)."""
     outputs = []
     try:
         for proc in procs:
@@ -342,15 +343,26 @@ def test_two_workers_on_localhost_train_identical_weights_and_only_the_chief_wri
         for proc in procs:
             if proc.poll() is None:
                 proc.kill()
-    chief, worker = outputs
-    assert [proc.returncode for proc in procs] == [0, 0], chief[-3000:] + worker[-3000:]
+                proc.wait()
+    assert [proc.returncode for proc in procs] == [0] * len(procs), "\n".join(o[-3000:] for o in outputs)
+    return outputs
+
+
+def _same_weights_everywhere(outputs: list[str], chief_root: Path) -> None:
+    from pipeline.stages.finetune import load_model, weights_digest
 
     digests = [WEIGHTS_LINE.findall(output) for output in outputs]
-    assert len(digests[0]) == 1 and digests[0] == digests[1], digests
+    assert len(digests[0]) == 1 and all(d == digests[0] for d in digests), digests
+    assert weights_digest(load_model(chief_root / "finetune/model.keras")) == digests[0][0]
+
+
+def test_two_workers_on_localhost_train_identical_weights_and_only_the_chief_writes(tmp_path):
+    folders = [tmp_path / "machine0", tmp_path / "machine1"]
+    chief, worker = _finish(_start_workers(folders, MULTI_WORKER))
+    root = load_config(folders[0] / "tiny.yaml").build_root
+    _same_weights_everywhere([chief, worker], root)
     assert "[finetune] running with the chief (worker 1" in worker
 
-    root = load_config(folders[0] / "tiny.yaml").build_root
-    assert weights_digest(load_model(root / "finetune/model.keras")) == digests[0][0]
     history = json.loads((root / "finetune/history.json").read_text())
     assert (history["training"]["distribute"], history["training"]["replicas"]) == ("multi_worker", 2)
     for stage in ("data", "finetune", "export"):
@@ -359,3 +371,29 @@ def test_two_workers_on_localhost_train_identical_weights_and_only_the_chief_wri
     # The other worker wrote nothing where the chief writes, and removed its temporary folder.
     assert not (folders[1] / "build").exists()
     assert list((folders[1] / "tmp").iterdir()) == []
+
+
+# Two launches of two workers (~80 s on 2 cores): in the slow suite.
+@pytest.mark.slow
+def test_killed_workers_resume_together_from_the_chiefs_checkpoint(tmp_path):
+    folders = [tmp_path / "machine0", tmp_path / "machine1"]
+    train = {**MULTI_WORKER, "head_epochs": 2, "fine_tune_epochs": 1}
+    procs = _start_workers(folders, train)
+    try:
+        for line in procs[0].stdout:
+            if "[finetune] checkpoint saved: phase head, epoch 1 of 2" in line:
+                break
+    finally:
+        for proc in procs:  # as a machine failure would: no chance to clean up
+            proc.kill()
+            proc.wait()
+    root = load_config(folders[0] / "tiny.yaml").build_root
+    assert (root / "finetune/checkpoint/state.json").is_file()
+
+    outputs = _finish(_start_workers(folders, train))
+    for output in outputs:
+        assert "[finetune] resuming from checkpoint: phase head, epoch 2 of 2\n" in output
+    _same_weights_everywhere(outputs, root)
+    history = json.loads((root / "finetune/history.json").read_text())
+    assert len(history["head"]["loss"]) == 2 and len(history["fine_tune"]["loss"]) == 1
+    assert not (folders[1] / "build").exists()
