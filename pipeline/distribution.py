@@ -234,7 +234,8 @@ class Setup:
 def training_setup(train_cfg) -> Setup:
     """The setup ``train_cfg`` gives on this machine (the strategy is made on first use and kept)."""
     gpus = precision.gpu_count()
-    task = task_from_env()
+    # TF_CONFIG is read only where it can matter, so a stale one cannot stop a run that trains alone.
+    task = task_from_env() if train_cfg.distribute in ("auto", "multi_worker") else None
     kind = resolve_kind(train_cfg.distribute, gpus, task)
     if task is not None and task.tasks > 1 and kind != "multi_worker":
         log.warning("TF_CONFIG lists %d tasks but train.distribute is %s: this process trains alone", task.tasks, kind)

@@ -397,3 +397,14 @@ def test_killed_workers_resume_together_from_the_chiefs_checkpoint(tmp_path):
     history = json.loads((root / "finetune/history.json").read_text())
     assert len(history["head"]["loss"]) == 2 and len(history["fine_tune"]["loss"]) == 1
     assert not (folders[1] / "build").exists()
+
+
+def test_cli_multi_worker_without_tf_config_exits_2_with_one_sentence(tmp_path):
+    path = write_config(tmp_path / "tiny.yaml", train={**TRAIN, "distribute": "multi_worker"})
+    env = {key: value for key, value in os.environ.items() if key != "TF_CONFIG"}
+    proc = subprocess.run([sys.executable, "-m", "pipeline", "run", "--config", str(path)], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines()[-1].startswith("error: train.distribute is multi_worker but TF_CONFIG is not set;")
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "build").exists()
