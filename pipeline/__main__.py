@@ -79,9 +79,17 @@ def main(argv: list[str] | None = None) -> int:
             for stage, reason in runner.not_needed(cfg):
                 print(f"{stage:<10} not needed: {reason}")
             return 0
-        check_paths(cfg, args.config)
+        from pipeline import distribution
+
+        task = distribution.task_from_env() if distribution.wants_multi_worker(cfg.train) else None
+        chief = task is None or task.is_chief
+        check_paths(cfg, args.config, chief=chief)
         with terminate_raises():
             ran = runner.run(cfg, args.config, force=tuple(args.force))
+        if not chief:
+            print(f"{task.task_type} {task.index}: trained with the chief in {', '.join(ran) if ran else 'no stage'}; "
+                  f"the chief writes {cfg.build_root}")
+            return 0
         print(f"{cfg.build_root}: ran {', '.join(ran) if ran else 'no stage (everything up to date)'}")
         return 0
     except PipelineError as exc:

@@ -114,6 +114,24 @@ class TrainConfig(_Section):
     # None keeps the backbone's own (0.999 for MobileNetV2, tuned for ImageNet-length
     # runs); a short run from scratch needs ~0.9 or the moving statistics never catch up.
     batchnorm_momentum: Optional[float] = Field(default=None, gt=0, lt=1)
+    # "auto" is on when TensorFlow sees a GPU and off on a CPU, where float16 and XLA
+    # make training slower, not faster (pipeline.precision).
+    mixed_precision: Literal["auto", "on", "off"] = "auto"
+    jit_compile: Literal["auto", "on", "off"] = "auto"
+    # tf.distribute strategy of the training stages (pipeline.distribution): "auto" is
+    # multi_worker when TF_CONFIG names several tasks, mirrored with several GPUs, else none.
+    distribute: Literal["auto", "none", "mirrored", "multi_worker"] = "auto"
+    # train.batch_size is per replica; with N replicas the learning rates are multiplied
+    # by N (linear), sqrt(N) (sqrt) or left as they are (none).
+    lr_scaling: Literal["linear", "sqrt", "none"] = "linear"
+
+    @field_validator("mixed_precision", "jit_compile", mode="before")
+    @classmethod
+    def _on_off(cls, value: Any) -> Any:
+        # YAML 1.1 reads a bare on/off as true/false: take them as the words the user wrote.
+        if isinstance(value, bool):
+            return "on" if value else "off"
+        return value
 
     @field_validator("fine_tune_at")
     @classmethod
@@ -449,14 +467,16 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         raise ConfigError(_describe(exc.errors()[0], source)) from None
 
 
-def check_paths(cfg: Config, source: str) -> None:
+def check_paths(cfg: Config, source: str, chief: bool = True) -> None:
     """Paths are checked at run time, not at parse time, so `status` works on any machine.
 
     Only what is cheap is checked here, before any stage runs: that a weights file is a
     readable Keras weights file, not yet whether it fits the backbone (that needs TensorFlow).
+    A multi-worker run's other workers (not ``chief``) get the data from the chief and
+    write nothing to the build folder; they only build the model, so only the weights count.
     """
     source = printable(source)
-    if cfg.data.source == "folder" and not _is(cfg.data.path, Path.is_dir):
+    if chief and cfg.data.source == "folder" and not _is(cfg.data.path, Path.is_dir):
         raise ConfigError(
             f"{source}: data.path {show(cfg.data.path)} is not a folder; point it at a folder with one sub-folder "
             "per class."
@@ -470,6 +490,8 @@ def check_paths(cfg: Config, source: str) -> None:
         from pipeline import weights  # h5py, not TensorFlow
 
         weights.read_layers(cfg.model.weights, source)
+    if not chief:
+        return
     root = cfg.build_root
     nearest = _nearest_existing(root, source)
     if not nearest.is_dir():

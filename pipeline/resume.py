@@ -10,8 +10,11 @@ last. A run killed at any moment therefore leaves the previous checkpoint or
 the new one, never a half-written one that the next run trusts.
 
 ``state.json`` also records the stage's inputs as the runner computes them for
-its stamps (dependency hashes, config sections, stage code, source data); a
-checkpoint made from other inputs is discarded, not resumed.
+its stamps (dependency hashes, config sections, stage code, source data) and
+the training setup (replicas, global batch, mixed precision: what
+``train.distribute: auto`` and the other ``auto`` settings resolved to on the
+machine); a checkpoint made from other inputs or with another setup is
+discarded, not resumed.
 """
 
 from __future__ import annotations
@@ -36,10 +39,11 @@ _CKPT_PREFIX = "ckpt"
 
 
 class TrainingCheckpoint:
-    def __init__(self, directory: Path, inputs: dict, stage: str):
+    def __init__(self, directory: Path, inputs: dict, stage: str, setup: Optional[dict] = None):
         self.directory = Path(directory)
         self.inputs = inputs
         self.stage = stage
+        self.setup = setup
 
     def load(self) -> Optional[dict]:
         """The saved state, or None: there is none, or it cannot be used (then it is removed, with a log line)."""
@@ -56,6 +60,12 @@ class TrainingCheckpoint:
         why = input_change(state.get("inputs") or {}, self.inputs)
         if why:
             return self._drop(f"it was made before {why}")
+        old = state.get("setup")
+        if old != self.setup:
+            # Another optimizer (loss scaling), or another number of steps per epoch for the schedule.
+            changed = [f"{key} {(old or {}).get(key)} -> {value}" for key, value in (self.setup or {}).items()
+                       if (old or {}).get(key) != value]
+            return self._drop(f"it was made with another training setup ({', '.join(changed) or 'unknown'})")
         if not (folder / f"{_CKPT_PREFIX}.index").is_file():
             return self._drop(f"{folder.name} is incomplete")
         return state
@@ -77,7 +87,7 @@ class TrainingCheckpoint:
                 np.savez(fh, *weights)
         folder = self.directory / tmp.name.lstrip(".")
         os.replace(tmp, folder)
-        write_json(self.directory / STATE, {**state, "inputs": self.inputs, "folder": folder.name})
+        write_json(self.directory / STATE, {**state, "inputs": self.inputs, "setup": self.setup, "folder": folder.name})
         for entry in self.directory.iterdir():
             if entry.name not in (STATE, folder.name):
                 shutil.rmtree(entry, ignore_errors=True)

@@ -5,6 +5,10 @@ dependency files, of the config sections it reads, of its source code, of any
 data outside the build folder, and of every file it wrote. It is written last,
 after all outputs are in place, so a run killed mid-stage leaves no stamp and
 the stage runs again next time.
+
+In a multi-worker run (``pipeline.distribution``) only the chief does all of
+this. The other workers follow it through the stages that train, in a
+temporary folder, and write no stamp.
 """
 
 from __future__ import annotations
@@ -13,13 +17,15 @@ import hashlib
 import importlib.util
 import json
 import logging
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from pipeline import distribution
 from pipeline.config import Config
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, PipelineError
 from pipeline.io import sha256_file, write_json
 from pipeline.stages import Stage, all_stages
 
@@ -139,6 +145,16 @@ def not_needed(cfg: Config) -> list[tuple[str, str]]:
             if stage.not_needed and stage.not_needed(cfg)]
 
 
+# What the chief tells the other workers before each stage that trains.
+_SKIP, _RUN, _STOP = 0, 1, 2
+
+
+class ChiefStopped(PipelineError):
+    """The chief of a multi-worker run stopped; its own log says why."""
+
+    exit_code = 1
+
+
 def run(cfg: Config, config_source: str, force: tuple[str, ...] = (), through: Optional[str] = None) -> list[str]:
     """Run every stale stage, and the ``force``d ones; return the names of the stages that ran.
 
@@ -157,33 +173,81 @@ def run(cfg: Config, config_source: str, force: tuple[str, ...] = (), through: O
         if through not in known:
             raise ValueError(f"no stage {through!r}; stages are {', '.join(known)}")
         stages = stages[:known.index(through) + 1]
+    cluster = None
+    if distribution.wants_multi_worker(cfg.train):
+        # Made before TensorFlow runs anything: collectives can only be configured at start-up.
+        cluster = distribution.training_setup(cfg.train)
+        if not cluster.is_chief:
+            return _follow_chief(cfg, config_source, stages, cluster)
     root = cfg.build_root
     root.mkdir(parents=True, exist_ok=True)
     ran: list[str] = []
-    for stage, run_stage in stages:
-        skip = stage.not_needed(cfg) if stage.not_needed else None
-        if skip:
-            log.info("[%s] not needed: %s", stage.name, skip)
-            continue
-        reason = why_stale(stage, cfg, root)
-        if reason is None and stage.name in force:
-            reason = "forced"
-        if reason is None:
-            log.info("[%s] up to date, skipped", stage.name)
-            continue
-        log.info("[%s] running (%s)", stage.name, reason)
-        # The old stamp goes first: if this run dies, the stage is stale next time.
-        stamp_path(root, stage).unlink(missing_ok=True)
-        expected = stage_inputs(stage, cfg, root)
-        ctx = RunContext(root=root, config_source=config_source, inputs=expected)
-        started = time.time()
-        run_stage(cfg, ctx)
-        elapsed = time.time() - started
-        outs = {rel: sha256_file(root / rel) for rel in ctx.outputs}
-        write_json(stamp_path(root, stage), {
-            "stage": stage.name, **expected, "outs": outs,
-            "seconds": round(elapsed, 2), "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        })
-        log.info("[%s] done in %.1f s", stage.name, elapsed)
-        ran.append(stage.name)
+    waiting = cluster is not None  # the other workers wait for the chief's word on the next training stage
+    try:
+        for stage, run_stage in stages:
+            skip = stage.not_needed(cfg) if stage.not_needed else None
+            if skip:
+                log.info("[%s] not needed: %s", stage.name, skip)
+                continue
+            reason = why_stale(stage, cfg, root)
+            if reason is None and stage.name in force:
+                reason = "forced"
+            if cluster is not None and stage.collective:
+                waiting = False
+                cluster.tell(_SKIP if reason is None else _RUN)
+                if reason is not None:
+                    cluster.share_files(root, list(stage.dependencies(cfg)))
+            if reason is None:
+                log.info("[%s] up to date, skipped", stage.name)
+            else:
+                _run_stage(stage, run_stage, cfg, root, config_source, reason)
+                ran.append(stage.name)
+            waiting = cluster is not None and any(
+                later.collective and not (later.not_needed and later.not_needed(cfg))
+                for later, _ in stages[known.index(stage.name) + 1:])
+    except BaseException:
+        if waiting:
+            cluster.tell(_STOP)
+        raise
+    return ran
+
+
+def _run_stage(stage: Stage, run_stage, cfg: Config, root: Path, config_source: str, reason: str) -> None:
+    log.info("[%s] running (%s)", stage.name, reason)
+    # The old stamp goes first: if this run dies, the stage is stale next time.
+    stamp_path(root, stage).unlink(missing_ok=True)
+    expected = stage_inputs(stage, cfg, root)
+    ctx = RunContext(root=root, config_source=config_source, inputs=expected)
+    started = time.time()
+    run_stage(cfg, ctx)
+    elapsed = time.time() - started
+    outs = {rel: sha256_file(root / rel) for rel in ctx.outputs}
+    write_json(stamp_path(root, stage), {
+        "stage": stage.name, **expected, "outs": outs,
+        "seconds": round(elapsed, 2), "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    })
+    log.info("[%s] done in %.1f s", stage.name, elapsed)
+
+
+def _follow_chief(cfg: Config, config_source: str, stages, cluster) -> list[str]:
+    """A worker other than the chief: the training stages the chief runs, on its files, in a folder removed after."""
+    ran: list[str] = []
+    task = cluster.task
+    with tempfile.TemporaryDirectory(prefix=f"{cfg.name}-{task.task_type}{task.index}-") as tmp:
+        root = Path(tmp)
+        for stage, run_stage in stages:
+            if not stage.collective or (stage.not_needed and stage.not_needed(cfg)):
+                continue
+            word = cluster.tell(None)
+            if word == _STOP:
+                raise ChiefStopped(f"The chief stopped before the {stage.name} stage; its log says why "
+                                   f"({task.task_type} {task.index} wrote nothing).")
+            if word == _SKIP:
+                log.info("[%s] up to date on the chief, skipped", stage.name)
+                continue
+            cluster.share_files(root, list(stage.dependencies(cfg)))
+            log.info("[%s] running with the chief (%s %d; files in %s, removed after)", stage.name, task.task_type,
+                     task.index, root)
+            run_stage(cfg, RunContext(root=root, config_source=config_source, inputs=stage_inputs(stage, cfg, root)))
+            ran.append(stage.name)
     return ran

@@ -24,7 +24,7 @@ def learning_rate(lr: float, epochs: int, steps_per_epoch: int, t):
     return lr
 
 
-def compile_model(model, lr: float, epochs: int, steps_per_epoch: int, t) -> None:
+def compile_model(model, lr: float, epochs: int, steps_per_epoch: int, t, jit_compile: bool = False) -> None:
     lr = learning_rate(lr, epochs, steps_per_epoch, t)
     if t.label_smoothing:
         # Sparse labels with smoothing: Keras 2's sparse loss has no label_smoothing argument.
@@ -36,5 +36,6 @@ def compile_model(model, lr: float, epochs: int, steps_per_epoch: int, t) -> Non
             return keras.losses.categorical_crossentropy(y, y_pred, label_smoothing=smoothing)
     else:
         loss = "sparse_categorical_crossentropy"
-    model.compile(optimizer=keras.optimizers.Adam(lr), loss=loss,
+    # Under a mixed_float16 policy Keras wraps Adam in a LossScaleOptimizer itself.
+    model.compile(optimizer=keras.optimizers.Adam(lr), loss=loss, jit_compile=jit_compile,
                   metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")])

@@ -28,6 +28,8 @@ class Stage:
     not_needed: Optional[Callable] = field(default=None)
     # "section.key"s of ``params`` that do not change what the stage makes, left out of its stamp.
     ignores: tuple[str, ...] = ()
+    # It trains under train.distribute: in a multi-worker run every worker takes part in it.
+    collective: bool = False
 
     def dependencies(self, cfg) -> tuple[str, ...]:
         return self.deps + (tuple(self.extra_deps(cfg)) if self.extra_deps else ())

@@ -6,10 +6,16 @@ mode). Phase 2 unfreezes the top ``train.fine_tune_at`` backbone layers
 at the lower ``train.fine_tune_lr``. Each phase stops early on validation
 accuracy; the weights with the best validation accuracy over both phases are
 the ones saved.
+
+The model, its optimizers and every compile are made inside the
+``train.distribute`` strategy's scope and, with ``train.mixed_precision``,
+under the ``mixed_float16`` policy (``pipeline.distribution``,
+``pipeline.precision``); the saved model is float32 either way.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import sys
 import time
@@ -18,7 +24,7 @@ from typing import Optional
 
 import numpy as np
 
-from pipeline import data, interrupt, models
+from pipeline import data, distribution, interrupt, models, precision
 from pipeline.config import Config
 from pipeline.interrupt import Interrupted, StopRequest
 from pipeline.io import atomic_path, write_json
@@ -35,7 +41,9 @@ STAGE = Stage(
     deps=("data/train.npz", "data/val.npz", "data/labels.txt"),
     # data too: augmentation and the shuffle seed live there.
     params=("data", "model", "train"),
-    code=("pipeline.stages.finetune", "pipeline.training", "pipeline.models", "pipeline.data", "pipeline.resume"),
+    code=("pipeline.stages.finetune", "pipeline.training", "pipeline.models", "pipeline.data", "pipeline.resume",
+          "pipeline.distribution", "pipeline.precision"),
+    collective=True,
 )
 PHASES = ("head", "fine_tune")
 
@@ -178,14 +186,15 @@ def describe(state: dict) -> str:
     return text + (" (the phase stopped early)" if state["finished"] and state["epoch"] < state["epochs"] else "")
 
 
-def datasets(cfg: Config, root: Path):
+def datasets(cfg: Config, root: Path, batch_size: Optional[int] = None):
     """The training and validation datasets fine-tuning reads, and the two splits' sizes.
 
-    The optimize stage and ``benchmarks.train_throughput`` read the same ones.
+    ``batch_size`` is the global batch (``train.batch_size`` times the replicas);
+    the optimize stage and ``benchmarks.train_throughput`` read the same datasets.
     """
     x_train, y_train = data.load_split(root / "data/train.npz", mmap=True)
     x_val, y_val = data.load_split(root / "data/val.npz", mmap=True)
-    batch, cache = cfg.train.batch_size, dict(cache=cfg.data.cache, cache_dir=root / "cache")
+    batch, cache = batch_size or cfg.train.batch_size, dict(cache=cfg.data.cache, cache_dir=root / "cache")
     train_ds = data.make_dataset(x_train, y_train, batch, training=True, augment=cfg.data.augment,
                                  seed=cfg.data.seed, label="train", **cache)
     val_ds = data.make_dataset(x_val, y_val, batch, training=False, label="val", **cache)
@@ -202,14 +211,17 @@ def build_model(cfg: Config, num_classes: int) -> keras.Model:
 
 def run(cfg: Config, ctx) -> None:
     seed_everything(cfg.data.seed)
+    setup = distribution.training_setup(cfg.train)
     class_names = read_labels(ctx.root)
-    train_ds, val_ds, n_train, n_val = datasets(cfg, ctx.root)
     t = cfg.train
-    model = build_model(cfg, len(class_names))
+    # The datasets are batched by the global batch; the strategy splits each batch over the replicas.
+    batch = setup.global_batch(t.batch_size)
+    train_ds, val_ds, n_train, n_val = datasets(cfg, ctx.root, batch)
     devices = [d.device_type for d in tf.config.list_logical_devices()]
     log.info("[finetune] %s alpha=%s weights=%s on %s; %d train / %d val images",
              cfg.model.backbone, cfg.model.alpha, cfg.model.weights, "GPU" if "GPU" in devices else "CPU",
              n_train, n_val)
+    log.info("[finetune] training on %s", setup.summary(t.batch_size))
 
     if cfg.model.weights == "none" and (t.freeze_batchnorm or t.fine_tune_at != 1.0):
         # Seen in practice: a random backbone with frozen BatchNorm emits near-zero
@@ -217,45 +229,62 @@ def run(cfg: Config, ctx) -> None:
         log.warning("[finetune] model.weights is 'none' but part of the backbone or its BatchNorm stays frozen; "
                     "training from scratch needs train.fine_tune_at: 1.0, train.freeze_batchnorm: false and "
                     "train.batchnorm_momentum: 0.9 (as in configs/quickstart.yaml)")
-    checkpoint = TrainingCheckpoint(ctx.path("finetune/checkpoint"), ctx.inputs, "finetune")
+    checkpoint = TrainingCheckpoint(ctx.path("finetune/checkpoint"), ctx.inputs, "finetune",
+                                    setup.describe(t.batch_size))
+    if setup.multi_worker:
+        # Every worker resumes from the chief's checkpoint, or none does: they train in lockstep.
+        setup.share_folder(ctx.root, "finetune/checkpoint")
     saved = checkpoint.load()
     started = time.time()
-    steps = int(np.ceil(n_train / t.batch_size))
+    steps = int(np.ceil(n_train / batch))
     unfrozen = 0
-    with interrupt.deferred() as stop:
-        training = Training(model, train_ds, val_ds, checkpoint, saved, stop, t.patience)
-        phases = (("head", t.head_lr, t.head_epochs), ("fine_tune", t.fine_tune_lr, t.fine_tune_epochs))
-        try:
-            # A resumed run takes the same steps as an uninterrupted one (trainable flags,
-            # a new optimizer per phase) but does not train a phase that ended before the
-            # checkpoint's: the checkpoint holds the weights it led to.
-            models.freeze_backbone(model)
-            for phase, lr, epochs in phases:
-                if phase == "fine_tune":
-                    unfrozen = models.set_trainable(model, t.fine_tune_at, t.freeze_batchnorm)
-                    if not unfrozen and epochs:
-                        log.info("[finetune] fine_tune_at unfreezes no layer: phase 2 skipped")
-                if epochs <= 0 or (phase == "fine_tune" and not unfrozen):
-                    continue
-                compile_model(model, lr, epochs, steps, t)  # trainable flags take effect on compile
-                if saved is not None and saved["phase"] == phase:
-                    training.restore(saved)
-                    training.fit(phase, epochs, resume=saved)
-                elif saved is None or PHASES.index(saved["phase"]) < PHASES.index(phase):
-                    training.fit(phase, epochs, resume=None)
-            if training.announce is not None:
-                log.info("[finetune] resuming from checkpoint: %s; every epoch is done", training.saved)
-            stop.check()  # a signal after the last batch still stops the run before anything is published
-        except Interrupted as exc:
-            raise training.interrupted(exc.signum) from None
-    best = training.best
-    if best.weights is not None:
-        model.set_weights(best.weights)
-        log.info("[finetune] restored best weights: val_accuracy %.4f at %s", best.best, best.best_epoch)
+    with precision.policy(setup.mixed_precision), setup.strategy.scope():
+        model = build_model(cfg, len(class_names))
+        # What the training really ran with, read from the model (history.json).
+        ran_with = {**setup.describe(t.batch_size), "policy": keras.mixed_precision.global_policy().name,
+                    "backbone_compute_dtype": models.backbone_layers(model)[0].compute_dtype,
+                    "last_layer_dtype": model.layers[-1].compute_dtype, "output_dtype": model.output.dtype.name}
+        with interrupt.deferred() as stop:
+            training = Training(model, train_ds, val_ds, checkpoint, saved, stop, t.patience)
+            phases = (("head", t.head_lr, t.head_epochs), ("fine_tune", t.fine_tune_lr, t.fine_tune_epochs))
+            try:
+                # A resumed run takes the same steps as an uninterrupted one (trainable flags,
+                # a new optimizer per phase) but does not train a phase that ended before the
+                # checkpoint's: the checkpoint holds the weights it led to.
+                models.freeze_backbone(model)
+                for phase, lr, epochs in phases:
+                    if phase == "fine_tune":
+                        unfrozen = models.set_trainable(model, t.fine_tune_at, t.freeze_batchnorm)
+                        if not unfrozen and epochs:
+                            log.info("[finetune] fine_tune_at unfreezes no layer: phase 2 skipped")
+                    if epochs <= 0 or (phase == "fine_tune" and not unfrozen):
+                        continue
+                    # Trainable flags take effect on compile.
+                    compile_model(model, setup.lr(lr), epochs, steps, t, jit_compile=setup.jit_compile)
+                    if saved is not None and saved["phase"] == phase:
+                        training.restore(saved)
+                        training.fit(phase, epochs, resume=saved)
+                    elif saved is None or PHASES.index(saved["phase"]) < PHASES.index(phase):
+                        training.fit(phase, epochs, resume=None)
+                if training.announce is not None:
+                    log.info("[finetune] resuming from checkpoint: %s; every epoch is done", training.saved)
+                stop.check()  # a signal after the last batch still stops the run before anything is published
+            except Interrupted as exc:
+                raise training.interrupted(exc.signum) from None
+        best = training.best
+        if best.weights is not None:
+            model.set_weights(best.weights)
+            log.info("[finetune] restored best weights: val_accuracy %.4f at %s", best.best, best.best_epoch)
     # Saved with every layer trainable: later stages load it with compile=False
     # and choose their own trainable flags and optimizers (pruning, QAT).
     for layer in model.layers:
         layer.trainable = True
+    if setup.mixed_precision:
+        model = precision.float32_copy(model)  # see pipeline.precision: no float16 reaches the exporters
+    digest = weights_digest(model)
+    log.info("[finetune] trained weights sha256 %s", digest)
+    if setup.multi_worker:
+        setup.check_same(digest, "trained weights")
 
     out = ctx.path("finetune/model.keras")
     with atomic_path(out) as tmp:
@@ -265,11 +294,19 @@ def run(cfg: Config, ctx) -> None:
     write_json(history, {
         "head": training.history["head"], "fine_tune": training.history["fine_tune"], "unfrozen_layers": unfrozen,
         "best_val_accuracy": None if best.weights is None else float(best.best),
-        "best_epoch": best.best_epoch, "seconds": round(time.time() - started, 1),
+        "best_epoch": best.best_epoch, "seconds": round(time.time() - started, 1), "training": ran_with,
     })
     ctx.record_output(history)
     # Only now: a run killed before this point resumes from the checkpoint instead of starting over.
     checkpoint.discard()
+
+
+def weights_digest(model) -> str:
+    """sha256 over every weight's bytes, in order: equal on two workers only if they hold the same model."""
+    digest = hashlib.sha256()
+    for weight in model.get_weights():
+        digest.update(np.ascontiguousarray(weight).tobytes())
+    return digest.hexdigest()
 
 
 def load_model(path) -> keras.Model:

@@ -9,9 +9,16 @@ It makes only what ``export.formats`` asks for:
   sparsity-preserving QAT, for ``tflite-pruned-int8``.
 
 Every model starts from ``finetune/model.keras`` and trains on the same
-training split and augmentation. Per-layer sparsity, validation accuracy and
-timings go to ``optimize/report.json``; the export stage copies them into
-``export/results.json``.
+training split and augmentation, under the same ``train.distribute`` strategy,
+global batch and learning-rate scaling as the fine-tuning (tfmot's pruning
+wrappers and quantizers train under MirroredStrategy and
+MultiWorkerMirroredStrategy; the tests run both). They train in float32 and
+without XLA whatever ``train.mixed_precision`` and ``train.jit_compile`` say:
+tfmot's fake-quantization ops have no float16 kernels
+(tensorflow/model-optimization#824) and ``quantize_apply`` fails under
+``mixed_float16`` (tensorflow/model-optimization#367). Per-layer sparsity,
+validation accuracy and timings go to ``optimize/report.json``; the export
+stage copies them into ``export/results.json``.
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ import time
 import numpy as np
 
 from exporters import registry
-from pipeline import compression, data
+from pipeline import compression, data, distribution
 from pipeline.config import Config
 from pipeline.io import atomic_path, write_json
 from pipeline.stages import Stage
@@ -54,9 +61,10 @@ STAGE = Stage(
     deps=("finetune/model.keras", "data/train.npz", "data/val.npz", "data/labels.txt"),
     params=("data", "model", "train", "optimize"),
     code=("pipeline.stages.optimize", "pipeline.compression", "pipeline.distillation", "pipeline.stages.finetune",
-          "pipeline.training", "pipeline.models", "pipeline.data"),
+          "pipeline.training", "pipeline.models", "pipeline.data", "pipeline.distribution"),
     derived_params=lambda cfg: {"export.formats (models to optimize)": needed_models(cfg)},
     not_needed=lambda cfg: None if needed_models(cfg) else "no format in export.formats reads a pruned or QAT model",
+    collective=True,
 )
 
 
@@ -93,13 +101,13 @@ def _start_qat(model, cfg: Config, range_batch: np.ndarray) -> None:
 
 
 def _quantization_aware_training(base, preserve_sparsity: bool, weights_out: str, *, cfg, ctx, teacher, range_batch,
-                                 steps, train_ds, val_ds):
+                                 steps, train_ds, val_ds, setup):
     """QAT of ``base`` (sparsity-preserving for a pruned one); saves the weights; returns (model, val accuracies)."""
     o = cfg.optimize
     _prepare(base, cfg)
     model = compression.quantize_aware(base, preserve_sparsity=preserve_sparsity)
     _start_qat(model, cfg, range_batch)
-    fit_model = _trainable(model, teacher, cfg, o.qat.lr, o.qat.epochs, steps)
+    fit_model = _trainable(model, teacher, cfg, setup.lr(o.qat.lr), o.qat.epochs, steps)
     phase = "sparsity-preserving quantization-aware training" if preserve_sparsity else "quantization-aware training"
     val = _fit(fit_model, phase, o.qat.epochs, train_ds, val_ds)
     out = ctx.path(weights_out)
@@ -111,12 +119,29 @@ def _quantization_aware_training(base, preserve_sparsity: bool, weights_out: str
 
 def run(cfg: Config, ctx) -> None:
     seed_everything(cfg.data.seed)
+    setup = distribution.training_setup(cfg.train)
     read_labels(ctx.root)
     t, o = cfg.train, cfg.optimize
-    train_ds, val_ds, n_train, _ = datasets(cfg, ctx.root)
+    batch = setup.global_batch(t.batch_size)
+    train_ds, val_ds, n_train, _ = datasets(cfg, ctx.root, batch)
     x_train, _ = data.load_split(ctx.path("data/train.npz"), mmap=True)
-    steps = int(np.ceil(n_train / t.batch_size))
-    report: dict = {"models": needed_models(cfg), "distill_weight": o.distill_weight}
+    steps = int(np.ceil(n_train / batch))
+    log.info("[optimize] training on %s", setup.summary(t.batch_size))
+    if setup.mixed_precision or setup.jit_compile:
+        log.info("[optimize] pruning and QAT train in float32 without XLA (tfmot's fake-quantization ops have no "
+                 "float16 kernels)")
+    report: dict = {"models": needed_models(cfg), "distill_weight": o.distill_weight,
+                    "training": {**setup.describe(t.batch_size), "mixed_precision": False, "jit_compile": False}}
+    with setup.strategy.scope():
+        _optimize(cfg, ctx, setup, report, x_train, train_ds, val_ds, steps)
+    path = ctx.path("optimize/report.json")
+    write_json(path, report)
+    ctx.record_output(path)
+
+
+def _optimize(cfg: Config, ctx, setup, report: dict, x_train, train_ds, val_ds, steps: int) -> None:
+    """Every model ``report["models"]`` names, trained and saved; their figures go into ``report``."""
+    t, o = cfg.train, cfg.optimize
     # One training batch (seeded) that QAT's activation ranges start from.
     range_batch = x_train[np.random.default_rng(cfg.data.seed).permutation(len(x_train))[:t.batch_size]]
     started = time.time()
@@ -124,7 +149,7 @@ def run(cfg: Config, ctx) -> None:
     teacher = load_model(ctx.path("finetune/model.keras")) if o.distill_weight else None
 
     shared = dict(cfg=cfg, ctx=ctx, teacher=teacher, range_batch=range_batch, steps=steps, train_ds=train_ds,
-                  val_ds=val_ds)
+                  val_ds=val_ds, setup=setup)
 
     if "pruned-qat" in report["models"]:
         phase_start = time.time()
@@ -132,7 +157,7 @@ def run(cfg: Config, ctx) -> None:
         _prepare(base, cfg)
         schedule = compression.pruning_schedule(o.prune.target_sparsity, steps * o.prune.epochs, o.prune.ramp_fraction)
         pruning = compression.apply_pruning(base, schedule, o.prune.exclude)
-        fit_model = _trainable(pruning, teacher, cfg, o.prune.lr, o.prune.epochs, steps)
+        fit_model = _trainable(pruning, teacher, cfg, setup.lr(o.prune.lr), o.prune.epochs, steps)
         prune_val = _fit(fit_model, f"pruning to {o.prune.target_sparsity:.0%} sparsity", o.prune.epochs, train_ds, val_ds,
                          compression.pruning_callbacks())
         pruned = compression.strip_pruning(pruning)
@@ -162,9 +187,6 @@ def run(cfg: Config, ctx) -> None:
         report["qat"] = {"epochs": o.qat.epochs, "val_accuracy": qat_val, "seconds": round(time.time() - phase_start, 1)}
 
     report["seconds"] = round(time.time() - started, 1)
-    path = ctx.path("optimize/report.json")
-    write_json(path, report)
-    ctx.record_output(path)
 
 
 def load_optimized(ctx_root, source: str):
