@@ -59,20 +59,26 @@ def timed_train_function(model, element_spec):
 
         step = tf.function(run_step, jit_compile=True, reduce_retracing=True) if model.jit_compile else run_step
 
-        # The dataset's own spec (batch dimension None): one trace, as Keras's function
-        # has, although the last batch of an epoch is shorter.
-        @tf.function(input_signature=[element_spec])
-        def compiled_step(data):
+        def distributed_step(data):
             strategy = model.distribute_strategy
             outputs = strategy.run(step, args=(data,))
             return tf.nest.map_structure(lambda v: strategy.experimental_local_results(v)[0], outputs)
 
+        compiled = {}
+
         def train_function(iterator):
+            if "step" not in compiled:
+                # The iterator's own spec (batch dimension None; split over the replicas under a
+                # strategy): one trace, as Keras's function has, although an epoch's last batch is shorter.
+                spec = getattr(iterator, "element_spec", None) or element_spec
+                compiled["step"] = tf.function(distributed_step, input_signature=[spec])
             started = time.perf_counter()
             data = next(iterator)  # blocks until the input pipeline has the batch ready
             waited = time.perf_counter() - started
-            outputs = compiled_step(data)
-            return {**outputs, WAIT_KEY: waited, IMAGES_KEY: int(tf.nest.flatten(data)[0].shape[0])}
+            outputs = compiled["step"](data)
+            # Under a strategy the batch comes split over the replicas: its images are the parts' sum.
+            labels = model.distribute_strategy.experimental_local_results(data[1])
+            return {**outputs, WAIT_KEY: waited, IMAGES_KEY: sum(int(part.shape[0]) for part in labels)}
 
         model.train_function = train_function
         return train_function
@@ -166,27 +172,34 @@ def _device() -> str:
 
 
 def measure(cfg, config_source: str, epochs: int, steps: int | None, phase: str) -> dict:
-    from pipeline import data, models, runner
+    from pipeline import data, distribution, models, precision, runner
+    from pipeline.errors import ConfigError
     from pipeline.keras_compat import tf
     from pipeline.stages import finetune
     from pipeline.stages.data import read_labels
     from pipeline.training import compile_model, seed_everything
 
+    if distribution.wants_multi_worker(t := cfg.train):
+        raise ConfigError("bench-train measures one machine, but train.distribute makes this process one worker of "
+                          "several (TF_CONFIG); unset TF_CONFIG or set train.distribute to none or mirrored.")
     runner.run(cfg, config_source, through="data")
     seed_everything(cfg.data.seed)
-    root, t = cfg.build_root, cfg.train
-    train_ds, _, n_train, _ = finetune.datasets(cfg, root)
-    split_steps = int(np.ceil(n_train / t.batch_size))
+    # The fine-tuning's own setup: strategy, global batch, learning-rate scaling, mixed precision, XLA.
+    setup = distribution.training_setup(t)
+    root, batch = cfg.build_root, setup.global_batch(t.batch_size)
+    train_ds, _, n_train, _ = finetune.datasets(cfg, root, batch)
+    split_steps = int(np.ceil(n_train / batch))
     pipeline = pipeline_epochs(train_ds, epochs, steps)
     del train_ds  # its disk cache, if any, goes with it
 
-    train_ds, _, _, _ = finetune.datasets(cfg, root)  # fresh: nothing cached by the first measurement
-    model = finetune.build_model(cfg, len(read_labels(root)))
-    models.freeze_backbone(model)
-    unfrozen = models.set_trainable(model, t.fine_tune_at, t.freeze_batchnorm) if phase == "fine_tune" else 0
-    lr = t.fine_tune_lr if phase == "fine_tune" else t.head_lr
-    compile_model(model, lr, epochs, steps or split_steps, t)
-    training = training_epochs(model, train_ds, epochs, steps)
+    train_ds, _, _, _ = finetune.datasets(cfg, root, batch)  # fresh: nothing cached by the first measurement
+    with precision.policy(setup.mixed_precision), setup.strategy.scope():
+        model = finetune.build_model(cfg, len(read_labels(root)))
+        models.freeze_backbone(model)
+        unfrozen = models.set_trainable(model, t.fine_tune_at, t.freeze_batchnorm) if phase == "fine_tune" else 0
+        lr = t.fine_tune_lr if phase == "fine_tune" else t.head_lr
+        compile_model(model, setup.lr(lr), epochs, steps or split_steps, t, jit_compile=setup.jit_compile)
+        training = training_epochs(model, train_ds, epochs, steps)
 
     x_train, _ = data.load_split(root / "data/train.npz", mmap=True)
     pipeline_rate, training_rate = _rate(pipeline), _rate(training)
@@ -196,7 +209,7 @@ def measure(cfg, config_source: str, epochs: int, steps: int | None, phase: str)
         "tensorflow": tf.__version__,
         "phase": phase, "trainable_weights": len(model.trainable_weights), "unfrozen_layers": unfrozen,
         "backbone": cfg.model.backbone, "alpha": cfg.model.alpha, "image_size": cfg.data.image_size,
-        "batch_size": t.batch_size, "train_images": n_train, "steps_per_epoch": steps or split_steps,
+        "batch_size": batch, "training_setup": setup.describe(t.batch_size), "train_images": n_train, "steps_per_epoch": steps or split_steps,
         "augment": list(cfg.data.augment), "cache": cfg.data.cache,
         "cache_used": data.resolve_cache(cfg.data.cache, int(x_train.nbytes)),
         "epochs": epochs, "pipeline": pipeline, "training": training,
@@ -212,8 +225,11 @@ def measure(cfg, config_source: str, epochs: int, steps: int | None, phase: str)
 
 
 def table(result: dict) -> str:
-    lines = [f"train throughput: {result['name']}, {result['phase']} phase, batch {result['batch_size']}, "
-             f"{result['steps_per_epoch']} steps/epoch, cache {result['cache_used']}, {result['device']}",
+    setup = result["training_setup"]
+    lines = [f"train throughput: {result['name']}, {result['phase']} phase, batch {result['batch_size']} "
+             f"({setup['replicas']} replica(s)), {result['steps_per_epoch']} steps/epoch, cache {result['cache_used']}, "
+             f"mixed precision {'on' if setup['mixed_precision'] else 'off'}, XLA {'on' if setup['jit_compile'] else 'off'}, "
+             f"{result['device']}",
              f"{'epoch':>5}  {'pipeline img/s':>14}  {'training img/s':>14}  {'waiting for data':>16}"]
     for p, t in zip(result["pipeline"], result["training"]):
         lines.append(f"{p['epoch']:>5}  {p['images_per_s']:>14.1f}  {t['images_per_s']:>14.1f}  "

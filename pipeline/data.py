@@ -539,7 +539,14 @@ def make_dataset(images: np.ndarray, labels: np.ndarray, batch_size: int, *, tra
     ds = ds.map(lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=tf.data.AUTOTUNE)
     if training and augment:
         ds = ds.map(lambda x, y: (_augment(x, augment), y), num_parallel_calls=tf.data.AUTOTUNE)
-    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    ds = ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    # Under MultiWorkerMirroredStrategy tf.data shards the dataset over the workers. Its
+    # default tries shards by file first, and a split is one .npz file (streamed splits)
+    # or none: every worker instead reads the same seeded order and keeps its share of
+    # each global batch (DATA).
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return ds.with_options(options)
 
 
 def _augment(image, ops: tuple[str, ...]):
