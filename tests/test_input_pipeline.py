@@ -135,10 +135,14 @@ def test_train_throughput_measures_pipeline_and_training(tmp_path):
     from benchmarks import train_throughput
 
     config = write_config(tmp_path / "tiny.yaml")
-    assert train_throughput.main(["--config", str(config), "--epochs", "1", "--steps", "2",
-                                  "--set", "data.cache=disk"]) == 0
+    # Forced on, as a GPU's auto would: the benchmark trains with the fine-tuning's own setup.
+    # (Not XLA too: compiling the step takes ~20 s on 2 cores; test_distribution covers it.)
+    assert train_throughput.main(["--config", str(config), "--epochs", "1", "--steps", "2", "--set", "data.cache=disk",
+                                  "--set", "train.mixed_precision=on", "--set", "train.jit_compile=off"]) == 0
     result = json.loads((tmp_path / "build/tiny/bench/train_throughput.json").read_text())
     assert result["cache_used"] == "disk" and result["phase"] == "fine_tune" and result["steps_per_epoch"] == 2
+    setup = result["training_setup"]
+    assert (setup["mixed_precision"], setup["jit_compile"], setup["replicas"]) == (True, False, 1)
     for kind in ("pipeline", "training"):
         (row,) = result[kind]
         assert row["epoch"] == 1 and row["images"] == 2 * 16 and row["images_per_s"] > 0
@@ -156,6 +160,18 @@ def test_train_throughput_names_a_missing_config_in_one_sentence(tmp_path, capsy
     assert train_throughput.main(["--config", str(tmp_path / "missing.yaml")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "missing.yaml" in err and len(err.splitlines()) == 1
+
+
+def test_train_throughput_refuses_to_be_one_worker_of_several(tmp_path, monkeypatch, capsys):
+    from benchmarks import train_throughput
+
+    config = write_config(tmp_path / "tiny.yaml", train={"distribute": "multi_worker"})
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"worker": ["127.0.0.1:1", "127.0.0.1:2"]},
+                                                "task": {"type": "worker", "index": 0}}))
+    assert train_throughput.main(["--config", str(config)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: bench-train measures one machine") and len(err.splitlines()) == 1
+    assert not (tmp_path / "build").exists()
 
 
 def test_switching_the_cache_retrains_but_does_not_decode_again(tmp_path):
