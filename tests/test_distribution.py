@@ -272,8 +272,8 @@ def test_one_epoch_mirrored_on_two_cpus_reaches_the_validation_accuracy_of_one_d
     assert abs(a - b) <= 2 * math.sqrt(2 * p * (1 - p) / n) + 1 / n, (a, b, n)
 
 
-# ~100 s on 2 cores (QAT under the strategy, then converting the QAT model): in the slow suite.
-@pytest.mark.slow
+# ~100 s on 2 cores (QAT under the strategy, then converting the QAT model), but it is the
+# one test that a model trained under a strategy ships within the usual budgets.
 def test_a_mirrored_model_goes_through_optimize_and_export_within_the_usual_budgets(two_device_runs):
     import exporters
 
