@@ -538,7 +538,13 @@ def make_dataset(images: np.ndarray, labels: np.ndarray, batch_size: int, *, tra
         ds = ds.shuffle(window, seed=seed, reshuffle_each_iteration=True)
     ds = ds.map(lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=tf.data.AUTOTUNE)
     if training and augment:
-        ds = ds.map(lambda x, y: (_augment(x, augment), y), num_parallel_calls=tf.data.AUTOTUNE)
+        # Each image gets its own seed pair from a stream that follows ``seed`` and is drawn
+        # anew on every pass (epoch). The augmentation uses only stateless random ops on
+        # that pair, so the map runs in parallel even under op determinism, which runs a
+        # map with stateful random ops one element at a time.
+        seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2, drop_remainder=True)
+        ds = tf.data.Dataset.zip((ds, seeds)).map(lambda xy, pair: (_augment(xy[0], augment, pair), xy[1]),
+                                                  num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
     # Under MultiWorkerMirroredStrategy tf.data shards the dataset over the workers. Its
     # default tries shards by file first, and a split is one .npz file (streamed splits)
@@ -549,21 +555,25 @@ def make_dataset(images: np.ndarray, labels: np.ndarray, batch_size: int, *, tra
     return ds.with_options(options)
 
 
-def _augment(image, ops: tuple[str, ...]):
-    """Light augmentation in raw pixel space [0, 255]; the model normalizes inside its graph."""
+def _augment(image, ops: tuple[str, ...], seed):
+    """Light augmentation in raw pixel space [0, 255]; the model normalizes inside its graph.
+
+    ``seed`` (two integers) decides every random choice: one image, one seed, one result.
+    """
     from pipeline.keras_compat import tf
 
+    flip, scale_seed, crop_seed, brightness, contrast = tf.unstack(tf.random.experimental.stateless_split(seed, 5))
     size = tf.shape(image)[0]
     if "horizontal_flip" in ops:
-        image = tf.image.random_flip_left_right(image)
+        image = tf.image.stateless_random_flip_left_right(image, flip)
     if "crop" in ops:
         # Random crop of 85-100% of the side, resized back: a mild zoom and shift.
-        scale = tf.random.uniform([], 0.85, 1.0)
+        scale = tf.random.stateless_uniform([], scale_seed, 0.85, 1.0)
         side = tf.cast(tf.cast(size, tf.float32) * scale, tf.int32)
-        image = tf.image.random_crop(image, tf.stack([side, side, 3]))
+        image = tf.image.stateless_random_crop(image, tf.stack([side, side, 3]), crop_seed)
         image = tf.image.resize(image, tf.stack([size, size]))
     if "brightness" in ops:
-        image = tf.image.random_brightness(image, max_delta=0.1 * 255.0)
+        image = tf.image.stateless_random_brightness(image, 0.1 * 255.0, brightness)
     if "contrast" in ops:
-        image = tf.image.random_contrast(image, 0.85, 1.15)
+        image = tf.image.stateless_random_contrast(image, 0.85, 1.15, contrast)
     return tf.clip_by_value(image, 0.0, 255.0)

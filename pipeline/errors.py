@@ -34,6 +34,12 @@ class BudgetError(PipelineError):
     exit_code = 1
 
 
+class ExportError(PipelineError):
+    """A converter could not make a file of a format the config asks for; the other files were published."""
+
+    exit_code = 1
+
+
 def show(value: object, limit: int = 80) -> str:
     """A value the user wrote, quoted (``repr``), so a line break or control character in it stays visible."""
     text = repr(value)

@@ -219,7 +219,8 @@ def trained_backbone(tmp_path_factory, colour_photos):
 # optimization; only the order of floating-point sums differs.
 HEAD_ONLY = {"batch_size": 16, "head_epochs": 1, "head_lr": 0.003, "fine_tune_epochs": 0, "freeze_batchnorm": True,
              "lr_scaling": "none", "distribute": "none"}
-OPTIMIZED_FORMATS = ["tflite-fp32", "tflite-qat-int8"]
+# The mirrored model as it is, and after pruning then sparsity-preserving QAT under the strategy.
+OPTIMIZED_FORMATS = ["tflite-fp32", "tflite-pruned-int8"]
 
 
 @dataclass
@@ -243,7 +244,8 @@ def two_device_runs(tmp_path_factory, colour_photos, trained_backbone):
     tmp = tmp_path_factory.mktemp("mirrored")
     model = {"backbone": "mobilenet_v2", "alpha": 0.35, "weights": str(trained_backbone), "dropout": 0.0}
     common = dict(data=_colour_data(colour_photos), model=model,
-                  optimize={"qat": {"epochs": 1, "lr": 1e-4}, "distill_weight": 0.0},
+                  optimize={"prune": {"target_sparsity": 0.5, "epochs": 2, "lr": 1e-3},
+                            "qat": {"epochs": 1, "lr": 1e-4}, "distill_weight": 0.0},
                   export={"formats": ["keras"], "latency_runs": 0, "calibration_samples": 32})
     single = write_config(tmp / "single.yaml", name="single", train=HEAD_ONLY, **common)
     mirrored = write_config(tmp / "mirrored.yaml", name="mirrored",
@@ -272,27 +274,48 @@ def test_one_epoch_mirrored_on_two_cpus_reaches_the_validation_accuracy_of_one_d
     assert abs(a - b) <= 2 * math.sqrt(2 * p * (1 - p) / n) + 1 / n, (a, b, n)
 
 
-# ~100 s on 2 cores (QAT under the strategy, then converting the QAT model), but it is the
-# one test that a model trained under a strategy ships within the usual budgets.
+# ~2 min on 2 cores (pruning and QAT under the strategy, then converting the QAT model). It is
+# also the optimize stage's end-to-end test: what the stage makes, and what re-runs it.
 def test_a_mirrored_model_goes_through_optimize_and_export_within_the_usual_budgets(two_device_runs):
     import exporters
+    from exporters import inspect
 
     formats = f"export.formats=[{','.join(OPTIMIZED_FORMATS)}]"
     output = _on_two_cpus("run", "--config", str(two_device_runs.mirrored), "--set", formats)
     assert "[finetune] up to date, skipped" in output  # the model the test above trained
+    assert "[optimize] training on MirroredStrategy over" in output
     cfg = load_config(two_device_runs.mirrored, [formats])
     report = json.loads((cfg.build_root / "optimize/report.json").read_text())
     assert (report["training"]["distribute"], report["training"]["replicas"]) == ("mirrored", 2)
-    assert report["qat"]["val_accuracy"]
+    assert report["models"] == ["pruned-qat"]
+    assert report["pruning"]["sparsity"] == pytest.approx(0.5, abs=0.005)
+    assert report["pruning"]["sparsity_after_qat"] == pytest.approx(0.5, abs=0.005)
+    assert report["pruning"]["layer_sparsity"]["Conv1"] == pytest.approx(0.5, abs=0.02)
+
     by_format = _passed(cfg)
     assert list(by_format) == OPTIMIZED_FORMATS
     for fmt, entry in by_format.items():
-        # The budgets a model trained on one device is held to, unchanged.
+        # The budgets a model trained on one device is held to, unchanged, and met.
         exporter = exporters.get(fmt)
         assert entry["validation"]["min_top1_agreement"] == exporter.min_top1_agreement
         assert entry["validation"]["max_accuracy_drop_pp"] == exporter.max_accuracy_drop_pp
-    assert sorted(p.name for p in (cfg.build_root / "artifacts").glob("*.tflite")) == [
-        "mirrored_fp32.tflite", "mirrored_qat_int8.tflite"]
+        assert (cfg.build_root / "artifacts" / entry["file"]).is_file()
+    pruned = by_format["tflite-pruned-int8"]
+    assert pruned["source_model"] == "pruned-qat" and pruned["fully_integer"]
+    # Sparsity read back from the exported bytes, not from the config.
+    assert pruned["sparsity"] >= 0.49 and by_format["tflite-fp32"]["sparsity"] < 0.05
+    assert pruned["sparsity"] == inspect.tflite_summary(cfg.build_root / "artifacts" / pruned["file"])["sparsity"]
+
+    assert runner.run(cfg, str(two_device_runs.mirrored)) == []  # (no strategy is made: nothing trains)
+    # An optimize key re-runs optimize and export, not the fine-tuning.
+    longer = load_config(two_device_runs.mirrored, [formats, "optimize.qat.epochs=2"])
+    assert dict(runner.status(longer)) == {"data": None, "finetune": None,
+                                           "optimize": "config section(s) optimize changed",
+                                           "export": "after optimize re-runs"}
+    # Without an optimized format the stage is not needed and export no longer depends on it.
+    plain = load_config(two_device_runs.mirrored, ["export.formats=[keras, tflite-fp32]"])
+    assert [name for name, _ in runner.not_needed(plain)] == ["optimize", "bench"]  # bench: targets [] here
+    assert dict(runner.status(plain)) == {"data": None, "finetune": None, "export": "config section(s) export changed"}
 
 
 def _free_ports(count: int) -> list[int]:

@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 
-from exporters import inspect
-from pipeline import compression, models, runner
-from pipeline.config import ModelConfig, load_config
+from pipeline import compression, models
+from pipeline.config import ModelConfig
 from pipeline.errors import ConfigError
 from pipeline.keras_compat import keras
-from tests.conftest import write_config
 
 SIZE = 32
 
@@ -100,46 +96,8 @@ def test_qat_activation_ranges_start_from_the_data(model):
     np.testing.assert_array_equal(qat.get_layer("quant_bn_Conv1").weights[2].numpy(), bn_mean)
 
 
-def test_optimize_stage_prunes_and_quantizes_into_published_files(tmp_path):
-    path = write_config(
-        tmp_path / "tiny.yaml",
-        optimize={"prune": {"target_sparsity": 0.5, "epochs": 2, "lr": 0.001}, "qat": {"epochs": 1, "lr": 0.0001}},
-        # The tiny model barely learns in two epochs: accuracy budgets are checked by test_exporters
-        # (QAT conversion against the float model) and by the flowers run; here, what the stage makes.
-        # Plain QAT (tflite-qat-int8) runs the same code minus pruning: test_exporters converts it (slow).
-        export={"formats": ["tflite-int8", "tflite-pruned-int8"], "latency_runs": 0,
-                "calibration_samples": 20, "on_budget_fail": "warn"},
-    )
-    cfg = load_config(path)
-    assert runner.run(cfg, str(path)) == ["data", "finetune", "optimize", "export"]
-    results = json.loads((cfg.build_root / "export/results.json").read_text())
-    by_format = {a["format"]: a for a in results["artifacts"]}
-    for fmt in ("tflite-int8", "tflite-pruned-int8"):
-        entry = by_format[fmt]
-        assert entry["status"] in ("passed", "warned") and entry["fully_integer"], (fmt, entry.get("error"))
-        assert (cfg.build_root / "artifacts" / entry["file"]).is_file()
-    assert by_format["tflite-pruned-int8"]["source_model"] == "pruned-qat"
-    pruned, dense = by_format["tflite-pruned-int8"], by_format["tflite-int8"]
-    # Sparsity read back from the exported bytes, not from the config.
-    assert pruned["sparsity"] >= 0.49 and dense["sparsity"] < 0.05
-    assert pruned["sparsity"] == inspect.tflite_summary(cfg.build_root / "artifacts" / pruned["file"])["sparsity"]
-    assert pruned["gzip_bytes"] < dense["gzip_bytes"]
-    report = results["optimize"]
-    assert report["models"] == ["pruned-qat"]
-    assert report["pruning"]["sparsity"] == pytest.approx(0.5, abs=0.005)
-    assert report["pruning"]["sparsity_after_qat"] == pytest.approx(0.5, abs=0.005)
-    assert report["pruning"]["layer_sparsity"]["Conv1"] == pytest.approx(0.5, abs=0.02)
-
-    assert runner.run(cfg, str(path)) == []
-    # An optimize key re-runs optimize and export, not the fine-tuning.
-    longer = load_config(path, ["optimize.qat.epochs=2"])
-    assert dict(runner.status(longer)) == {"data": None, "finetune": None,
-                                           "optimize": "config section(s) optimize changed",
-                                           "export": "after optimize re-runs"}
-    # Without an optimized format the stage is not needed and export no longer depends on it.
-    plain = load_config(path, ["export.formats=[keras, tflite-int8]"])
-    assert [name for name, _ in runner.not_needed(plain)] == ["optimize", "bench"]  # bench: targets [] here
-    assert dict(runner.status(plain)) == {"data": None, "finetune": None, "export": "config section(s) export changed"}
+# The optimize stage end to end (pruning, sparsity-preserving QAT, the files it publishes, what
+# re-runs it) is tests/test_distribution.py's mirrored-model test: the same stage under a strategy.
 
 
 def test_excluded_layers_stay_dense_and_unknown_names_are_a_config_error(model):

@@ -9,8 +9,8 @@ import pytest
 from exporters.tflite import TFLiteFP32, TFLiteInt8
 from pipeline import runner
 from pipeline.config import load_config
-from pipeline.errors import BudgetError
-from tests.conftest import SALTED_MAX_PIXELS, run_cli, write_config
+from pipeline.errors import BudgetError, ExportError
+from tests.conftest import SALTED_MAX_PIXELS, copy_build, run_cli, write_config
 
 RESULT_KEYS = {"name", "format", "file", "bytes", "gzip_bytes", "accuracy", "validation", "runtime", "precision",
                "sha256", "status", "sparsity", "latency_ms", "latency_ratio_to_keras"}
@@ -20,10 +20,12 @@ def _results(cfg) -> dict:
     return json.loads((cfg.build_root / "export/results.json").read_text())
 
 
-def test_digits_lifecycle_exports_validates_and_caches(tmp_path):
-    path = write_config(tmp_path / "tiny.yaml")
-    cfg = load_config(path)
-    assert runner.run(cfg, str(path)) == ["data", "finetune", "export"]
+def test_digits_lifecycle_exports_validates_and_caches(tmp_path, tiny_build):
+    # The shared tiny build ran data, finetune and export from nothing (conftest asserts it);
+    # its copy, asked for the default formats with latency, re-runs export alone.
+    cfg, path = copy_build(tiny_build, tmp_path,
+                           export={"formats": ["keras", "tflite-fp32", "onnx-fp32"], "latency_runs": 5})
+    assert runner.run(cfg, str(path)) == ["export"]
 
     artifacts = cfg.build_root / "artifacts"
     assert sorted(p.name for p in artifacts.iterdir()) == [
@@ -60,8 +62,15 @@ def test_digits_lifecycle_exports_validates_and_caches(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def budget_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp("budget")
+def budget_dir(tmp_path_factory, tiny_build):
+    """The shared tiny build's data and fine-tuned model, without its exported files."""
+    import shutil
+
+    folder = tmp_path_factory.mktemp("budget")
+    cfg, _ = copy_build(tiny_build, folder)
+    shutil.rmtree(cfg.build_root / "artifacts")
+    shutil.rmtree(cfg.build_root / "export")
+    return folder
 
 
 # The other budget kinds (agreement, max |dp|) fail through the same path: test_exporters checks
@@ -71,7 +80,7 @@ def budget_dir(tmp_path_factory):
     (TFLiteInt8, "max_accuracy_drop_pp", "tiny_int8.tflite", "top-1 dropped"),
 ])
 def test_file_over_budget_fails_the_run_and_is_not_published(budget_dir, monkeypatch, exporter, attr, file, reason):
-    # Both cases share one build folder: the second reuses the first's data and fine-tuned model.
+    # Both cases start from the shared tiny build's data and fine-tuned model: only export runs.
     path = write_config(budget_dir / "tiny.yaml", export={"formats": [exporter.name], "latency_runs": 0})
     cfg = load_config(path)
     monkeypatch.setattr(exporter, attr, -1.0)  # no file can meet this
@@ -92,6 +101,29 @@ def test_file_over_budget_fails_the_run_and_is_not_published(budget_dir, monkeyp
     assert entry["status"] == "warned" and reason in entry["error"]
     if exporter is TFLiteInt8:  # the default int8 input: the camera's bytes, MobileNetV2's normalization folded in
         assert entry["input"]["dtype"] == "uint8" and entry["input"]["feed"] == "raw RGB pixel bytes"
+
+
+def test_a_format_whose_converter_fails_is_named_and_the_others_are_published(tmp_path, tiny_build, monkeypatch):
+    def refuse(self, model, path, ctx):
+        raise ValueError("Quantization range is degenerate\n(min == max)")
+
+    cfg, path = copy_build(tiny_build, tmp_path, export={"formats": ["keras", "tflite-fp32", "onnx-fp32"],
+                                                         "latency_runs": 0})
+    monkeypatch.setattr(TFLiteFP32, "export", refuse)
+    with pytest.raises(ExportError) as err:
+        runner.run(cfg, str(path))
+    message = str(err.value)
+    assert "\n" not in message and message.startswith("1 format(s) could not be converted")
+    assert "tflite-fp32 (conversion failed (ValueError: Quantization range is degenerate (min == max)))" in message
+    assert "drop those formats from export.formats" in message
+    artifacts = cfg.build_root / "artifacts"
+    assert sorted(p.name for p in artifacts.iterdir()) == ["labels.txt", "manifest.json", "tiny.keras",
+                                                           "tiny_fp32.onnx"]
+    assert not list((cfg.build_root / "export").rglob("*.tflite*"))  # no half-written file either
+    by_format = {a["format"]: a for a in _results(cfg)["artifacts"]}
+    assert by_format["tflite-fp32"]["status"] == "failed" and by_format["tflite-fp32"]["file"] is None
+    assert by_format["onnx-fp32"]["status"] == "passed"
+    assert not (cfg.build_root / "export/stamp.json").exists()  # the next run tries again
 
 
 def test_image_folder_source_end_to_end(tmp_path, salted_folder):

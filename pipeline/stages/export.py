@@ -29,7 +29,7 @@ from exporters.runtimes import load_predictor, median_latency_ms
 from exporters.validate import compare
 from pipeline import data, manifest, models
 from pipeline.config import Config
-from pipeline.errors import BudgetError, DataError
+from pipeline.errors import BudgetError, DataError, ExportError, one_line
 from pipeline.io import atomic_path, gzip_size, sha256_file, write_json
 from pipeline.stages import Stage
 from pipeline.stages.data import read_labels
@@ -89,6 +89,10 @@ def model_info(cfg: Config, class_names: list[str], contract: dict) -> file_meta
                         "folder.") from None
 
 
+class _NotConverted(Exception):
+    """A converter raised: carries its exception (``__cause__``) out of the staging block."""
+
+
 def carries_metadata(path: Path) -> bool:
     return path.suffix in (".tflite", ".onnx")
 
@@ -146,7 +150,7 @@ def run(cfg: Config, ctx) -> None:
     reference_latency = keras_latency_ms(model, sample, cfg.export.latency_runs)
 
     trained = {"finetune": model}  # pruned / QAT models are rebuilt on first use
-    entries, rejected = [], []
+    entries, rejected, unconverted = [], [], []
     for fmt in cfg.export.formats:
         exporter = exporters.get(fmt)
         if exporter.source not in trained:
@@ -155,12 +159,28 @@ def run(cfg: Config, ctx) -> None:
         staged = staging / filename
         started = time.time()
         plain = None
-        with atomic_path(staged) as tmp:
-            exporter.export(trained[exporter.source], tmp, export_ctx)
-            if carries_metadata(tmp):
-                # Outputs before the metadata goes in: adding it must not change one bit of them.
-                plain = load_predictor(tmp, exporter.runtime, cfg.export.threads)(x_test)
-                file_metadata.write_metadata(tmp, info)
+        try:
+            with atomic_path(staged) as tmp:
+                try:
+                    exporter.export(trained[exporter.source], tmp, export_ctx)
+                except Exception as exc:  # the converter's own error (TFLite, tf2onnx, the ORT quantizer)
+                    raise _NotConverted(exc) from exc  # out of atomic_path: no file is left
+                if carries_metadata(tmp):
+                    # Outputs before the metadata goes in: adding it must not change one bit of them.
+                    plain = load_predictor(tmp, exporter.runtime, cfg.export.threads)(x_test)
+                    file_metadata.write_metadata(tmp, info)
+        except _NotConverted as failed:
+            # A converter can refuse a model the user's config made (an untrained QAT model's
+            # degenerate quantization ranges, say): that format fails, the others are still made.
+            exc = failed.__cause__
+            log.debug("[export] %s conversion traceback", fmt, exc_info=exc)
+            why = f"conversion failed ({one_line(f'{type(exc).__name__}: {exc}', 240)})"
+            log.error("[export] %-14s %s NOT MADE: %s", fmt, filename, why)
+            entries.append({"name": f"{cfg.name}-{fmt}", "format": fmt, "runtime": exporter.runtime,
+                            "precision": exporter.precision, "source_model": exporter.source, "file": None,
+                            "status": "failed", "error": why})
+            unconverted.append(f"{fmt} ({why})")
+            continue
         export_s = time.time() - started
         probs = load_predictor(staged, exporter.runtime, cfg.export.threads)(x_test)
         check = compare(probs, reference, y_test, exporter, cfg.export.budgets.get(fmt))
@@ -267,8 +287,15 @@ def run(cfg: Config, ctx) -> None:
         ctx.record_output(manifest_path)
         log.info("[export] %s: %d files with sha256, metadata, validation and accelerator support",
                  manifest_path, len(published))
+    # results.json is written, but no stamp: the next run tries the export again.
+    if unconverted:
+        raise ExportError(
+            f"{len(unconverted)} format(s) could not be converted and no file was made: {'; '.join(unconverted)}"
+            + (f"; {len(rejected)} exported file(s) also failed validation: {'; '.join(rejected)}" if rejected else "")
+            + "; the other files were published. Check that the model trained (its test top-1 is in the log), "
+              "or drop those formats from export.formats."
+        )
     if rejected:
-        # results.json is written, but no stamp: the next run tries the export again.
         raise BudgetError(
             f"{len(rejected)} exported file(s) failed validation and were not published: {'; '.join(rejected)}."
         )
