@@ -171,7 +171,7 @@ def _device() -> str:
     return f"CPU ({os.cpu_count()} cores, {platform.processor() or platform.machine()})"
 
 
-def measure(cfg, config_source: str, epochs: int, steps: int | None, phase: str) -> dict:
+def measure(cfg, config_source: str, epochs: int, steps: int | None, phase: str, overrides=()) -> dict:
     from pipeline import data, distribution, models, precision, runner
     from pipeline.errors import ConfigError
     from pipeline.keras_compat import tf
@@ -205,7 +205,7 @@ def measure(cfg, config_source: str, epochs: int, steps: int | None, phase: str)
     pipeline_rate, training_rate = _rate(pipeline), _rate(training)
     steady = training[1:] or training
     return {
-        "config": config_source, "name": cfg.name, "date": time.strftime("%Y-%m-%d"), "device": _device(),
+        "config": config_source, "overrides": list(overrides), "name": cfg.name, "date": time.strftime("%Y-%m-%d"), "device": _device(),
         "tensorflow": tf.__version__,
         "phase": phase, "trainable_weights": len(model.trainable_weights), "unfrozen_layers": unfrozen,
         "backbone": cfg.model.backbone, "alpha": cfg.model.alpha, "image_size": cfg.data.image_size,
@@ -235,7 +235,8 @@ def table(result: dict) -> str:
         lines.append(f"{p['epoch']:>5}  {p['images_per_s']:>14.1f}  {t['images_per_s']:>14.1f}  "
                      f"{100 * t['data_wait_fraction']:>15.2f}%")
     s = result["steady_state"]
-    which = "epoch 1" if s["epochs"] == [1] else f"epochs {s['epochs'][0]}-{s['epochs'][-1]}"
+    first, last = s["epochs"][0], s["epochs"][-1]
+    which = f"epoch {first}" if first == last else f"epochs {first}-{last}"
     lines.append(f"{which}: the pipeline alone is {s['pipeline_to_training']}x as fast as training; "
                  f"{100 * s['data_wait_fraction']:.2f}% of step time waits for data")
     return "\n".join(lines)
@@ -260,7 +261,7 @@ def main(argv=None) -> int:
         parser.error("--epochs and --steps must be at least 1")
     try:
         cfg = load_config(args.config, args.overrides)
-        result = measure(cfg, args.config, args.epochs, args.steps, args.phase)
+        result = measure(cfg, args.config, args.epochs, args.steps, args.phase, args.overrides)
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code

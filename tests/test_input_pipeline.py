@@ -143,6 +143,7 @@ def test_train_throughput_measures_pipeline_and_training(tmp_path):
     assert result["cache_used"] == "disk" and result["phase"] == "fine_tune" and result["steps_per_epoch"] == 2
     setup = result["training_setup"]
     assert (setup["mixed_precision"], setup["jit_compile"], setup["replicas"]) == (True, False, 1)
+    assert result["overrides"] == ["data.cache=disk", "train.mixed_precision=on", "train.jit_compile=off"]
     for kind in ("pipeline", "training"):
         (row,) = result[kind]
         assert row["epoch"] == 1 and row["images"] == 2 * 16 and row["images_per_s"] > 0
