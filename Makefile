@@ -46,9 +46,8 @@ gate: $(VENV)/.installed
 	@test -n "$(BASELINE)" || { echo "usage: make gate BASELINE=path/to/results.json [CONFIG=...]" >&2; exit 2; }
 	$(PY) -m benchmarks.gate --baseline $(BASELINE) --config $(CONFIG) $(foreach s,$(SET),--set $(s)) $(GATE_FLAGS)
 
-# Two worker processes; a test module stays in one (its module fixtures are built once).
 test: $(VENV)/.installed
-	$(PY) -m pytest -n 2 --dist loadfile
+	$(PY) -m pytest
 
 # The slow matrix: real data from ../shared, full-size models.
 test-slow: $(VENV)/.installed
