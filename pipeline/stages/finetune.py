@@ -186,7 +186,7 @@ def describe(state: dict) -> str:
     return text + (" (the phase stopped early)" if state["finished"] and state["epoch"] < state["epochs"] else "")
 
 
-def datasets(cfg: Config, root: Path, batch_size: Optional[int] = None):
+def datasets(cfg: Config, root: Path, batch_size: int):
     """The training and validation datasets fine-tuning reads, and the two splits' sizes.
 
     ``batch_size`` is the global batch (``train.batch_size`` times the replicas);
@@ -194,7 +194,7 @@ def datasets(cfg: Config, root: Path, batch_size: Optional[int] = None):
     """
     x_train, y_train = data.load_split(root / "data/train.npz", mmap=True)
     x_val, y_val = data.load_split(root / "data/val.npz", mmap=True)
-    batch, cache = batch_size or cfg.train.batch_size, dict(cache=cfg.data.cache, cache_dir=root / "cache")
+    batch, cache = batch_size, dict(cache=cfg.data.cache, cache_dir=root / "cache")
     train_ds = data.make_dataset(x_train, y_train, batch, training=True, augment=cfg.data.augment,
                                  seed=cfg.data.seed, label="train", **cache)
     val_ds = data.make_dataset(x_val, y_val, batch, training=False, label="val", **cache)
