@@ -1,8 +1,9 @@
 """TFLite exporters (run on phones by LiteRT).
 
-All start from ``TFLiteConverter.from_keras_model`` on the flat model, whose
-input is the raw-pixel [1, H, W, 3] float32 tensor of the preprocessing
-contract; each subclass only sets the converter options that differ.
+All start from the flat model's inference function, frozen in memory
+(``keras_converter``), whose input is the raw-pixel [1, H, W, 3] float32 tensor
+of the preprocessing contract; each subclass only sets the converter options
+that differ.
 """
 
 from __future__ import annotations
@@ -14,6 +15,59 @@ import numpy as np
 from exporters.registry import ExportContext, Exporter, Lossy, register
 
 
+def keras_converter(model):
+    """A TFLite converter for ``model(image, training=False)``, frozen in memory.
+
+    ``TFLiteConverter.from_keras_model`` first saves the model as a SavedModel and loads
+    it back, tracing every layer's call functions on the way: measured on the tiny test
+    model (MobileNetV2 0.35, 32 px), 13.2 s of a 13.9 s conversion, and the same files
+    (same ops, outputs equal bit for bit) come from the frozen concrete function in 0.8 s.
+    That path writes no SignatureDef, which ``with_serving_signature`` adds back.
+    """
+    from pipeline.keras_compat import tf
+
+    (source,) = model.inputs
+    name = source.name.split(":")[0]
+    output_name = model.output_names[0]
+
+    @tf.function(input_signature=[tf.TensorSpec(source.shape, source.dtype, name=name)])
+    def serve(image):
+        return {output_name: model(image, training=False)}
+
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([serve.get_concrete_function()], model)
+    converter.experimental_lower_to_saved_model = False  # the point: no SavedModel round trip
+    return converter
+
+
+def with_serving_signature(flatbuffer: bytes, model) -> bytes:
+    """The flatbuffer with the ``serving_default`` signature a SavedModel conversion writes.
+
+    Runtimes and apps look the input and output up by signature (LiteRT's
+    ``get_signature_runner``, Android's ``runSignature``); the names are the Keras
+    model's input and output names, and the tensors are named as a SavedModel
+    conversion names them.
+    """
+    import flatbuffers
+    from ai_edge_litert import schema_py_generated as schema
+
+    packed = schema.ModelT.InitFromPackedBuf(bytearray(flatbuffer), 0)
+    graph = packed.subgraphs[0]
+    input_name, output_name = model.inputs[0].name.split(":")[0], model.output_names[0]
+    if len(graph.inputs) != 1 or len(graph.outputs) != 1:
+        raise ValueError(f"expected one input and one output, found {len(graph.inputs)} and {len(graph.outputs)}")
+    signature = schema.SignatureDefT()
+    signature.signatureKey, signature.subgraphIndex = "serving_default", 0
+    signature.inputs, signature.outputs = [schema.TensorMapT()], [schema.TensorMapT()]
+    signature.inputs[0].name, signature.inputs[0].tensorIndex = input_name, int(graph.inputs[0])
+    signature.outputs[0].name, signature.outputs[0].tensorIndex = output_name, int(graph.outputs[0])
+    graph.tensors[int(graph.inputs[0])].name = f"serving_default_{input_name}:0"
+    graph.tensors[int(graph.outputs[0])].name = "StatefulPartitionedCall:0"
+    packed.signatureDefs = [signature]
+    builder = flatbuffers.Builder(len(flatbuffer) + 1024)
+    builder.Finish(packed.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output())
+
+
 class TFLiteExporter(Exporter):
     runtime = "litert"
 
@@ -21,11 +75,9 @@ class TFLiteExporter(Exporter):
         """Set quantization options; plain float32 needs none."""
 
     def export(self, model, path: Path, ctx: ExportContext) -> None:
-        from pipeline.keras_compat import tf
-
-        converter = tf.lite.TFLiteConverter.from_keras_model(model)
+        converter = keras_converter(model)
         self.configure(converter, ctx)
-        path.write_bytes(converter.convert())
+        path.write_bytes(with_serving_signature(converter.convert(), model))
 
 
 @register("tflite-fp32")
@@ -102,9 +154,9 @@ def convert_full_integer(model, ctx: ExportContext, configure) -> bytes:
     if fold is not None:
         model = fold.model
         ctx = replace(ctx, calibration_images=fold.normalize(ctx.calibration_images))
-    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    converter = keras_converter(model)
     configure(converter, ctx)
-    flatbuffer = converter.convert()
+    flatbuffer = with_serving_signature(converter.convert(), model)
     if ctx.int8_input not in _INTEGER_TYPES:
         return flatbuffer
     offset = _INTEGER_TYPES[ctx.int8_input][1]

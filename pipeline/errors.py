@@ -9,6 +9,8 @@ What the user wrote goes into a sentence through :func:`show` or
 line break in a key, a value or a parser's message cannot split the sentence.
 """
 
+import os
+
 
 class PipelineError(Exception):
     """A problem the user can fix (config, data, weights, budgets)."""
@@ -41,9 +43,21 @@ class ExportError(PipelineError):
 
 
 def show(value: object, limit: int = 80) -> str:
-    """A value the user wrote, quoted (``repr``), so a line break or control character in it stays visible."""
+    """A value the user wrote, quoted (``repr``), so a line break or control character in it stays visible.
+
+    A long path keeps its tail (``'…/build/tiny/export/staging/tiny_int8.tflite'``): the file
+    and the folders nearest it say which file is meant, while the head is the same long prefix
+    (a home, a CI workspace, a pytest tmp folder) in every message.
+    """
     text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    if len(text) <= limit:
+        return text
+    raw = os.fspath(value) if isinstance(value, os.PathLike) else value
+    if isinstance(raw, str) and "/" in raw:
+        tail = raw[-(limit - 3):]  # room for the quotes and the ellipsis
+        cut = tail.find("/")
+        return repr("…" + (tail[cut:] if cut > 0 else tail))
+    return text[: limit - 3] + "..."
 
 
 def printable(text: str) -> str:

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from pydantic import BaseModel
 
 from pipeline.config import Config, check_paths, load_config
-from pipeline.errors import ConfigError, PipelineError
+from pipeline.errors import ConfigError, PipelineError, show
 
 FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -161,3 +161,12 @@ def test_the_base_document_is_valid(workdir):
     path = workdir / "base.yaml"
     path.write_bytes(_yaml_text(_base(workdir / "build"), False, True))
     assert _loads_or_one_config_error(path, []) is not None
+
+
+def test_a_long_path_keeps_its_tail_and_other_long_values_their_head():
+    deep = "/tmp/pytest-of-root/pytest-12/popen-gw1/test_something_long0/build/tiny/export/staging/tiny_int8.tflite"
+    shown = show(deep)
+    assert len(shown) <= 80 and shown.startswith("'…/") and shown.endswith("/export/staging/tiny_int8.tflite'")
+    assert show(Path(deep)) == shown
+    assert show("/short/path.h5") == "'/short/path.h5'"
+    assert show("x" * 100) == "'" + "x" * 76 + "..."
