@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import re
 import tempfile
 from pathlib import Path
@@ -13,17 +12,13 @@ from exporters.registry import ExportContext, Exporter, Lossy, register
 
 
 def keras_to_onnx(model, path: Path, ctx: ExportContext) -> None:
+    """tf2onnx's conversion of ``model``, the same bytes for the same model whatever the process did before."""
     import onnx
-    import tf2onnx
-    from tf2onnx import verbose_logging
 
-    from pipeline.keras_compat import tf
+    from exporters.onnx_process import convert
 
-    # tf2onnx logs every graph rewrite at INFO; keep the run log about our stages.
-    verbose_logging.set_level(logging.WARNING)
-    # A dynamic batch dimension lets servers batch while phones feed one image.
-    spec = (tf.TensorSpec((None, ctx.image_size, ctx.image_size, 3), tf.float32, name="image"),)
-    proto, _ = tf2onnx.convert.from_keras(model, input_signature=spec, opset=ctx.onnx_opset)
+    convert(model, path, ctx.image_size, ctx.onnx_opset)
+    proto = onnx.load(str(path))
     canonicalize(proto)
     onnx.checker.check_model(proto)
     path.write_bytes(proto.SerializeToString())

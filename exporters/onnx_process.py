@@ -1,0 +1,62 @@
+"""tf2onnx run in a fresh Python process, so that the ONNX graph depends on the model alone.
+
+tf2onnx's graph optimizers walk Python sets and dicts of tensor names and nodes, so
+which Conv+BatchNormalization pairs they fuse depends on string hashes (randomized per
+process by ``PYTHONHASHSEED``) and on the names tf2onnx makes from its process-wide
+counter (``tf2onnx.utils.INTERNAL_NAME``). Measured on the tiny test model: converting
+one loaded model with the counter started at 5003 instead of 1 gave 140 nodes instead
+of 142, and under two of eight hash seeds a second conversion in the same process gave
+140 or 141. A process that starts fresh, with a fixed hash seed, makes the same names in
+the same order for the same model: ``convert`` runs tf2onnx there.
+
+Usage (internal): ``python -m exporters.onnx_process MODEL.keras OUT.onnx IMAGE_SIZE OPSET``.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+CONVERSION_TIMEOUT_S = 1800  # only against a hung converter: flowers' MobileNetV2 1.0 takes seconds
+
+
+def convert(model, path: Path, image_size: int, opset: int) -> None:
+    """Write tf2onnx's ONNX conversion of the Keras ``model`` to ``path``, in a child process."""
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=".tf2onnx-") as tmp:
+        saved = Path(tmp) / "model.keras"
+        model.save(saved)
+        env = {**os.environ, "PYTHONHASHSEED": "0", "CUDA_VISIBLE_DEVICES": ""}
+        env.pop("TF_CONFIG", None)  # the child is no worker of a cluster
+        child = subprocess.run(
+            [sys.executable, "-m", "exporters.onnx_process", str(saved), str(path), str(image_size), str(opset)],
+            capture_output=True, text=True, env=env, timeout=CONVERSION_TIMEOUT_S,
+            cwd=Path(__file__).resolve().parents[1])
+    if child.returncode != 0:
+        lines = [line for line in child.stderr.strip().splitlines() if line.strip()]
+        raise RuntimeError(f"tf2onnx failed (exit {child.returncode}): {lines[-1] if lines else 'no message'}")
+
+
+def _main(argv: list[str]) -> None:
+    import logging
+
+    import tf2onnx
+    from tf2onnx import verbose_logging
+
+    import pipeline.models  # noqa: F401  (registers the custom layers a saved model may hold)
+    from pipeline.keras_compat import keras, tf
+
+    model_path, out, image_size, opset = argv[0], Path(argv[1]), int(argv[2]), int(argv[3])
+    # tf2onnx logs every graph rewrite at INFO; keep the run log about our stages.
+    verbose_logging.set_level(logging.WARNING)
+    model = keras.models.load_model(model_path, compile=False, safe_mode=True)
+    # A dynamic batch dimension lets servers batch while phones feed one image.
+    spec = (tf.TensorSpec((None, image_size, image_size, 3), tf.float32, name="image"),)
+    proto, _ = tf2onnx.convert.from_keras(model, input_signature=spec, opset=opset)
+    out.write_bytes(proto.SerializeToString())
+
+
+if __name__ == "__main__":
+    _main(sys.argv[1:])
