@@ -46,12 +46,16 @@ gate: $(VENV)/.installed
 	@test -n "$(BASELINE)" || { echo "usage: make gate BASELINE=path/to/results.json [CONFIG=...]" >&2; exit 2; }
 	$(PY) -m benchmarks.gate --baseline $(BASELINE) --config $(CONFIG) $(foreach s,$(SET),--set $(s)) $(GATE_FLAGS)
 
+# One worker per core (pytest-xdist); a module or tests that share an expensive fixture carry one
+# xdist_group mark and go to one worker, the rest are handed out a test at a time.
+XDIST ?= -n auto --dist loadgroup
+
 test: $(VENV)/.installed
-	$(PY) -m pytest
+	$(PY) -m pytest $(XDIST)
 
 # The slow matrix: real data from ../shared, full-size models.
 test-slow: $(VENV)/.installed
-	$(PY) -m pytest -m slow
+	$(PY) -m pytest $(XDIST) -m slow
 
 # Frozen-feature linear probe, the baseline a fine-tuned model has to beat.
 probe: $(VENV)/.installed

@@ -18,7 +18,10 @@ from benchmarks.targets import load_targets
 from pipeline import runner
 from pipeline.config import load_config
 from pipeline.errors import ConfigError, PipelineError
-from tests.conftest import REPO, TINY_FORMATS, copy_build, write_config
+from tests.conftest import REPO, TINY_FORMATS, TINY_SECTIONS, copy_build, write_config
+
+# One worker runs this module, so its benchmarked build (`built`) is made once.
+pytestmark = pytest.mark.xdist_group("bench")
 
 TARGETS = REPO / "configs/targets.yaml"
 SCHEMA = json.loads((REPO / "benchmarks/results.schema.json").read_text())
@@ -34,7 +37,7 @@ def built(tiny_build, tmp_path_factory):
     reference = tmp / "published_fp32.tflite"
     shutil.copyfile(cfg.build_root / "artifacts/tiny_fp32.tflite", reference)
     bench = {"targets": ["phone-little", "edge-box", "int8-accelerator"], "reference_models": [str(reference)], **FAST}
-    path = write_config(tmp / "tiny.yaml", export={"formats": TINY_FORMATS, "latency_runs": 0}, benchmark=bench)
+    path = write_config(tmp / "tiny.yaml", **{**TINY_SECTIONS, "benchmark": bench})
     cfg = load_config(path)
     assert runner.run(cfg, str(path)) == ["bench"]
     return cfg, path, json.loads((cfg.build_root / "bench/results.json").read_text())

@@ -258,6 +258,7 @@ def _history(cfg) -> dict:
     return json.loads((cfg.build_root / "finetune/history.json").read_text())
 
 
+@pytest.mark.xdist_group("two_device_runs")  # one worker trains the two runs, for both tests
 def test_one_epoch_mirrored_on_two_cpus_reaches_the_validation_accuracy_of_one_device(two_device_runs):
     single_cfg = load_config(two_device_runs.single)
     single, mirrored = _history(single_cfg), _history(load_config(two_device_runs.mirrored))
@@ -276,6 +277,7 @@ def test_one_epoch_mirrored_on_two_cpus_reaches_the_validation_accuracy_of_one_d
 
 # ~2 min on 2 cores (pruning and QAT under the strategy, then converting the QAT model). It is
 # also the optimize stage's end-to-end test: what the stage makes, and what re-runs it.
+@pytest.mark.xdist_group("two_device_runs")
 def test_a_mirrored_model_goes_through_optimize_and_export_within_the_usual_budgets(two_device_runs):
     import exporters
     from exporters import inspect

@@ -18,6 +18,9 @@ from pipeline import models
 from pipeline.keras_compat import keras
 from tests.conftest import REPO, SHARED
 
+# One worker runs this module, so its exported files are made once.
+pytestmark = pytest.mark.xdist_group("efficiency")
+
 SIZE = 16
 REFERENCE_INT8 = SHARED / "reference/tf2_mobilenet_v2_1.0_224_ptq.tflite"
 

@@ -15,6 +15,9 @@ from exporters.runtimes import open_session
 from pipeline import models
 from pipeline.config import ModelConfig
 
+# One worker runs this module, so its exported files are made once.
+pytestmark = pytest.mark.xdist_group("metadata")
+
 SIZE = 16
 LABELS = ("apple", "leaf", "sky")
 # name -> (exporter, int8_input, int8_output, normalization); the BGR model's caffe

@@ -10,7 +10,7 @@ from exporters.tflite import TFLiteFP32, TFLiteInt8
 from pipeline import runner
 from pipeline.config import load_config
 from pipeline.errors import BudgetError, ExportError
-from tests.conftest import SALTED_MAX_PIXELS, copy_build, run_cli, write_config
+from tests.conftest import SALTED_MAX_PIXELS, TINY_SECTIONS, copy_build, run_cli, write_config
 
 RESULT_KEYS = {"name", "format", "file", "bytes", "gzip_bytes", "accuracy", "validation", "runtime", "precision",
                "sha256", "status", "sparsity", "latency_ms", "latency_ratio_to_keras"}
@@ -41,7 +41,8 @@ def test_digits_lifecycle_exports_validates_and_caches(tmp_path, tiny_build):
         assert entry["validation"]["images"] == results["dataset"]["test_images"] > 0
     assert by_format["keras"]["accuracy"]["top1"] == results["reference"]["accuracy"]["top1"]
     history = json.loads((cfg.build_root / "finetune/history.json").read_text())
-    assert len(history["head"]["val_accuracy"]) == 1 and len(history["fine_tune"]["val_accuracy"]) == 1
+    epochs = TINY_SECTIONS["train"]["fine_tune_epochs"]
+    assert not history["head"].get("val_accuracy") and len(history["fine_tune"]["val_accuracy"]) == epochs
 
     # Nothing changed: nothing runs.
     assert runner.run(cfg, str(path)) == []
@@ -81,7 +82,8 @@ def budget_dir(tmp_path_factory, tiny_build):
 ])
 def test_file_over_budget_fails_the_run_and_is_not_published(budget_dir, monkeypatch, exporter, attr, file, reason):
     # Both cases start from the shared tiny build's data and fine-tuned model: only export runs.
-    path = write_config(budget_dir / "tiny.yaml", export={"formats": [exporter.name], "latency_runs": 0})
+    path = write_config(budget_dir / "tiny.yaml", **{**TINY_SECTIONS, "export": {"formats": [exporter.name],
+                                                                                 "latency_runs": 0}})
     cfg = load_config(path)
     monkeypatch.setattr(exporter, attr, -1.0)  # no file can meet this
     with pytest.raises(BudgetError) as err:

@@ -46,7 +46,9 @@ def _meanwhile(round_: int, images, labels, tmp_path) -> None:
     # tf2onnx in this process, as a user's own code would call it: its name counter moves on.
     spec = (tf.TensorSpec((None, 32, 32, 3), tf.float32, name="image"),)
     tf2onnx.convert.from_keras(other, input_signature=spec, opset=17)
-    tf2onnx.utils.INTERNAL_NAME += 5003
+    # Counter values that changed the tiny model's graph when tf2onnx ran in this process
+    # (measured: 140 nodes instead of 142 from counter 7 under PYTHONHASHSEED=1).
+    tf2onnx.utils.INTERNAL_NAME = (7, 5003)[round_]
 
 
 def test_three_exports_in_one_process_with_work_between_them_give_the_same_bytes(tiny_build, tmp_path):
