@@ -42,11 +42,11 @@ def convert(model, path: Path, image_size: int, opset: int) -> None:
 def _main(argv: list[str]) -> None:
     import logging
 
-    import tf2onnx
-    from tf2onnx import verbose_logging
+    from pipeline.keras_compat import keras, tf  # first: it decides which Keras TensorFlow loads
 
     import pipeline.models  # noqa: F401  (registers the custom layers a saved model may hold)
-    from pipeline.keras_compat import keras, tf
+    import tf2onnx
+    from tf2onnx import verbose_logging
 
     model_path, out, image_size, opset = argv[0], Path(argv[1]), int(argv[2]), int(argv[3])
     # tf2onnx logs every graph rewrite at INFO; keep the run log about our stages.

@@ -28,7 +28,7 @@ SCHEMA = json.loads((REPO / "benchmarks/results.schema.json").read_text())
 FAST = {"min_runs": 10, "max_runs": 60, "max_seconds": 3, "burst": 2, "peak_seconds": 0.05}
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # not torn down when another module runs between two users
 def built(tiny_build, tmp_path_factory):
     """The tiny digits build (float, int8 and ONNX files), benchmarked on three targets with one reference file."""
     tmp = tmp_path_factory.mktemp("bench")

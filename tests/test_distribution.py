@@ -170,7 +170,7 @@ while args:
 SUBPROCESS_TIMEOUT_S = 900  # only against a hung child
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def colour_photos(tmp_path_factory):
     """3 colour classes x 100 photos: enough validation images (60) to tell two accuracies apart."""
     from PIL import Image
@@ -191,7 +191,7 @@ def _colour_data(photos) -> dict:
             "seed": 7, "augment": []}
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def trained_backbone(tmp_path_factory, colour_photos):
     """A no-top MobileNetV2 .h5 trained on the colour photos: transfer learning's starting point, made here."""
     from pipeline.keras_compat import keras
@@ -238,7 +238,7 @@ def _on_two_cpus(*args: str) -> str:
     return proc.stderr
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # not torn down when another module runs between two users
 def two_device_runs(tmp_path_factory, colour_photos, trained_backbone):
     """The same fine-tuning on one device, then under MirroredStrategy over two logical CPUs."""
     tmp = tmp_path_factory.mktemp("mirrored")

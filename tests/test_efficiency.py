@@ -45,7 +45,7 @@ def _block_model() -> keras.Model:
 BLOCK_MACS = 8 * 8 * 8 * (3 * 3 * 3) + 8 * 8 * 16 * 8 + 8 * 8 * 16 * (3 * 3) + 8 * 8 * 8 * 16 + 5 * 8
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # not torn down when another module runs between two users
 def block_files(tmp_path_factory):
     """The block model and its files in the formats whose MACs must agree."""
     keras.utils.set_random_seed(0)

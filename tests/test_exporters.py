@@ -15,7 +15,7 @@ from pipeline.keras_compat import keras
 SIZE = 32
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def trained_model(tiny_build):
     """The shared tiny build's trained digits classifier (its fixture asserts test top-1 >= 0.9)."""
     from pipeline.stages.finetune import load_model
@@ -24,7 +24,7 @@ def trained_model(tiny_build):
     return load_model(cfg.build_root / "finetune/model.keras")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def images(tiny_build):
     """Held-out digits of the tiny build's test split, raw pixels: what the files are checked on."""
     from pipeline.data import load_split
@@ -33,7 +33,7 @@ def images(tiny_build):
     return load_split(cfg.build_root / "data/test.npz")[0].astype(np.float32)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def labels(tiny_build):
     from pipeline.data import load_split
 
@@ -41,7 +41,7 @@ def labels(tiny_build):
     return load_split(cfg.build_root / "data/test.npz")[1]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def calibration(tiny_build):
     """Training digits, as the pipeline calibrates on them."""
     from pipeline.data import load_split
@@ -50,7 +50,7 @@ def calibration(tiny_build):
     return load_split(cfg.build_root / "data/train.npz")[0][:100].astype(np.float32)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def digits():
     """Real handwritten digits (dark background, bright strokes): a pixel distribution unlike noise."""
     from pipeline.data import load_digits_dataset

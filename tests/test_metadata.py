@@ -18,8 +18,8 @@ from pipeline.config import ModelConfig
 # One worker runs this module, so its exported files are made once.
 pytestmark = pytest.mark.xdist_group("metadata")
 
-SIZE = 16
-LABELS = ("apple", "leaf", "sky")
+SIZE = 32  # the shared tiny build's digits classifier
+LABELS = tuple("zero one two three four five six seven eight nine".split())
 # name -> (exporter, int8_input, int8_output, normalization); the BGR model's caffe
 # preprocessing does not fold into the input quantization, MobileNetV2's does.
 FILES = {
@@ -40,13 +40,12 @@ EXPECTED_INPUT = {
 }
 
 
-def _tiny_classifier(normalization: str):
-    """Raw pixels -> preprocess -> one convolution -> softmax over the labels: converts in a second or two."""
+def _bgr_classifier():
+    """Raw pixels -> caffe-style BGR preprocessing -> one convolution -> softmax: converts in a second or two."""
     from pipeline.keras_compat import keras
 
     keras.utils.set_random_seed(3)
-    mean, std, order = {"mobilenet": ((127.5,) * 3, (127.5,) * 3, "RGB"),
-                        "bgr": ((103.939, 116.779, 123.68), (1.0,) * 3, "BGR")}[normalization]
+    mean, std, order = (103.939, 116.779, 123.68), (1.0,) * 3, "BGR"
     inputs = keras.Input((SIZE, SIZE, 3), name=models.INPUT_NAME)
     x = models.Preprocess(mean, std, order, name=models.PREPROCESS_LAYER)(inputs)
     x = keras.layers.Conv2D(8, 3, strides=2, activation="relu")(x)
@@ -55,12 +54,25 @@ def _tiny_classifier(normalization: str):
     return keras.Model(inputs, outputs)
 
 
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory) -> dict[str, Path]:
-    """Each kind of file the exporters write, without metadata, from a tiny classifier."""
+@pytest.fixture(scope="session")
+def test_digits(tiny_build) -> np.ndarray:
+    from pipeline.data import load_split
+
+    cfg, _ = tiny_build
+    return load_split(cfg.build_root / "data/test.npz")[0][:32].astype(np.float32)
+
+
+@pytest.fixture(scope="session")  # not torn down when another module runs between two users
+def exported(tmp_path_factory, tiny_build) -> dict[str, Path]:
+    """Each kind of file the exporters write, without metadata: from the tiny build's trained MobileNetV2
+    (its normalization folds into the int8 input), and from a BGR model whose normalization does not."""
+    from pipeline.data import load_split
+    from pipeline.stages.finetune import load_model
+
+    cfg, _ = tiny_build
     root = tmp_path_factory.mktemp("exported")
-    calibration = np.random.default_rng(0).integers(0, 256, (16, SIZE, SIZE, 3)).astype(np.float32)
-    built = {kind: _tiny_classifier(kind) for kind in ("mobilenet", "bgr")}
+    calibration = load_split(cfg.build_root / "data/train.npz")[0][:64].astype(np.float32)
+    built = {"mobilenet": load_model(cfg.build_root / "finetune/model.keras"), "bgr": _bgr_classifier()}
     files = {}
     for name, (fmt, int8_input, int8_output, kind) in FILES.items():
         exporter = exporters.get(fmt)
@@ -74,7 +86,7 @@ def exported(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def info() -> metadata.ModelInfo:
     return metadata.ModelInfo(
-        name="tiny", description="Which of three things the photo shows", version=7, labels=LABELS,
+        name="tiny", description="Which digit the picture shows", version=7, labels=LABELS,
         preprocessing=models.preprocessing_contract(ModelConfig(weights="none"), SIZE), author="pipeline tests",
     )
 
@@ -142,7 +154,7 @@ def test_normalizing_then_quantizing_as_the_metadata_says_feeds_exactly_what_the
     path = _with_metadata(exported[name], info, tmp_path)
     read = metadata.read_tflite_metadata(path)
     session = open_session(path, "litert")
-    pixels = np.arange(256, dtype=np.float32).reshape(1, 16, 16, 1).repeat(3, axis=3)
+    pixels = np.tile(np.arange(256, dtype=np.float32), SIZE * SIZE // 256).reshape(1, SIZE, SIZE, 1).repeat(3, axis=3)
     mean, std = (np.asarray(read["input"]["normalization"][k], np.float32) for k in ("mean", "std"))
     x = (pixels - mean) / std
     if session.quantized_in:
@@ -155,9 +167,9 @@ def test_normalizing_then_quantizing_as_the_metadata_says_feeds_exactly_what_the
 
 
 @pytest.mark.parametrize("name", TFLITE_FILES)
-def test_adding_metadata_leaves_litert_outputs_bit_identical(name, exported, info, tmp_path):
+def test_adding_metadata_leaves_litert_outputs_bit_identical(name, exported, info, test_digits, tmp_path):
     before, after = exported[name], _with_metadata(exported[name], info, tmp_path)
-    images = np.random.default_rng(5).integers(0, 256, (8, SIZE, SIZE, 3)).astype(np.float32)
+    images = test_digits
     outputs = []
     for path in before, after:
         session = open_session(path, "litert")
@@ -183,7 +195,8 @@ def test_rewriting_metadata_replaces_it_and_the_bytes_are_reproducible(exported,
     assert entries["packed_files"] == ["labels.txt"]
 
 
-def test_onnx_metadata_round_trips_passes_the_checker_and_leaves_outputs_identical(exported, info, tmp_path):
+def test_onnx_metadata_round_trips_passes_the_checker_and_leaves_outputs_identical(exported, info, test_digits,
+                                                                                   tmp_path):
     import onnx
 
     path = tmp_path / "model.onnx"
@@ -200,15 +213,16 @@ def test_onnx_metadata_round_trips_passes_the_checker_and_leaves_outputs_identic
     assert read["preprocessing"] == info.preprocessing and read["author"] == "pipeline tests"
     assert read["props"]["Image.NominalPixelRange"] == "NominalRange_0_255"
 
-    images = np.random.default_rng(6).integers(0, 256, (8, SIZE, SIZE, 3)).astype(np.float32)
+    images = test_digits
     before, after = (open_session(p, "onnxruntime").predict(images) for p in (exported["onnx"], path))
     assert np.array_equal(before, after)
 
 
+_PLAIN = tuple(f"class {i}" for i in range(3, 10))  # the model has ten outputs
 ODD_LABELS = [
-    ("roses/red", "dandelion\\yellow", "C:\\tulips"),  # slashes
-    ("Schwertlilie", "花", "ñandú 🦤"),  # non-ASCII, an emoji outside the BMP
-    ("x" * 5000, "label with inner  spaces", '"quoted", {json}'),  # very long, JSON-looking
+    ("roses/red", "dandelion\\yellow", "C:\\tulips") + _PLAIN,  # slashes
+    ("Schwertlilie", "花", "ñandú 🦤") + _PLAIN,  # non-ASCII, an emoji outside the BMP
+    ("x" * 5000, "label with inner  spaces", '"quoted", {json}') + _PLAIN,  # very long, JSON-looking
 ]
 
 

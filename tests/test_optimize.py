@@ -48,8 +48,15 @@ def _pruned(model, target=0.5, epochs=2):
     return compression.strip_pruning(pruning)
 
 
-def test_pruning_zeroes_conv_and_dense_kernels_and_strips_the_wrappers(model):
-    pruned = _pruned(model)
+@pytest.fixture(scope="session")
+def pruned():
+    """``model`` pruned to 50% in two epochs, made once for the tests that start from it."""
+    keras.utils.set_random_seed(5)
+    return _pruned(models.build_classifier(ModelConfig(alpha=0.35, weights="none", dropout=0.0), 4, SIZE))
+
+
+@pytest.mark.xdist_group("pruned")
+def test_pruning_zeroes_conv_and_dense_kernels_and_strips_the_wrappers(model, pruned):
     assert [type(layer) for layer in pruned.layers] == [type(layer) for layer in model.layers]
     for layer_type in (keras.layers.Conv2D, keras.layers.Dense):
         assert all(s == pytest.approx(0.5, abs=0.01) for s in _kernel_sparsity(pruned, layer_type)), layer_type
@@ -62,8 +69,8 @@ def test_pruning_zeroes_conv_and_dense_kernels_and_strips_the_wrappers(model):
 
 # False shows plain QAT training the zeros away (~45 s on 2 cores): in the slow suite.
 @pytest.mark.parametrize("preserve", [True, pytest.param(False, marks=pytest.mark.slow)])
-def test_only_sparsity_preserving_qat_keeps_the_zeros(model, preserve):
-    pruned = _pruned(model)
+@pytest.mark.xdist_group("pruned")
+def test_only_sparsity_preserving_qat_keeps_the_zeros(pruned, preserve):
     qat = compression.quantize_aware(pruned, preserve_sparsity=preserve)
     # The custom preprocessing layer stays as it is; everything after it is wrapped.
     assert type(qat.get_layer(models.PREPROCESS_LAYER)) is models.Preprocess

@@ -62,7 +62,7 @@ def test_digits_lifecycle_exports_validates_and_caches(tmp_path, tiny_build):
     assert runner.run(fewer, str(path)) == ["export"]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # not torn down when another module runs between two users
 def budget_dir(tmp_path_factory, tiny_build):
     """The shared tiny build's data and fine-tuned model, without its exported files."""
     import shutil
