@@ -128,28 +128,53 @@ def _tiny_test_top1(cfg) -> float:
     return results["reference"]["accuracy"]["top1"]
 
 
+class SharedFolder:
+    """A folder that one pytest-xdist worker fills and every worker reads, made once per session.
+
+    ``with SharedFolder(tmp_path_factory, worker_id, name) as shared:`` holds a file lock;
+    ``shared.ready`` says whether an earlier worker finished it, and ``shared.done()`` marks
+    it finished (a worker that failed leaves it unfinished, and the next one tries again).
+    """
+
+    def __init__(self, tmp_path_factory, worker_id: str, name: str):
+        from filelock import FileLock
+
+        base = tmp_path_factory.getbasetemp()
+        base = base if worker_id == "master" else base.parent  # the session's folder, above each worker's
+        self.path = base / name
+        self._finished = base / f"{name}.finished"
+        self._lock = FileLock(str(base / f"{name}.lock"))
+
+    def __enter__(self) -> "SharedFolder":
+        self._lock.acquire()
+        self.ready = self._finished.is_file()
+        self.path.mkdir(exist_ok=True)
+        return self
+
+    def done(self) -> None:
+        self._finished.touch()
+
+    def __exit__(self, *exc) -> None:
+        self._lock.release()
+
+
 @pytest.fixture(scope="session")
 def tiny_build(tmp_path_factory, worker_id):
     """One tiny digits build (float and int8 TFLite, ONNX, Keras) whose model learned, for every test module.
 
-    Under pytest-xdist the first worker to get here builds it in the session's shared
-    tmp folder while the others wait on a file lock, so it is trained once per session.
-    Tests read it; a test that changes files works on a copy (``copy_build``).
+    Under pytest-xdist the first worker to get here builds it while the others wait, so it
+    is trained once per session. Tests read it; a test that changes files works on a copy
+    (``copy_build``).
     """
-    from filelock import FileLock
-
     from pipeline import runner
     from pipeline.config import load_config
 
-    shared = tmp_path_factory.getbasetemp() if worker_id == "master" else tmp_path_factory.getbasetemp().parent
-    tmp = shared / "tiny_build"
-    with FileLock(str(shared / "tiny_build.lock")):
-        path, finished = tmp / "tiny.yaml", tmp / "finished"
-        if not finished.is_file():  # (a worker whose build failed leaves none: the next one tries again)
-            tmp.mkdir(exist_ok=True)
+    with SharedFolder(tmp_path_factory, worker_id, "tiny_build") as shared:
+        path = shared.path / "tiny.yaml"
+        if not shared.ready:
             write_config(path, **TINY_SECTIONS)
             assert runner.run(load_config(path), str(path)) == ["data", "finetune", "export"]
-            finished.touch()
+            shared.done()
         cfg = load_config(path)
     top1 = _tiny_test_top1(cfg)
     assert top1 >= TINY_MIN_TEST_TOP1, f"the tiny model did not learn: test top-1 {top1:.3f}"

@@ -18,28 +18,33 @@ from benchmarks.targets import load_targets
 from pipeline import runner
 from pipeline.config import load_config
 from pipeline.errors import ConfigError, PipelineError
-from tests.conftest import REPO, TINY_FORMATS, TINY_SECTIONS, copy_build, write_config
-
-# One worker runs this module, so its benchmarked build (`built`) is made once.
-pytestmark = pytest.mark.xdist_group("bench")
+from tests.conftest import REPO, TINY_FORMATS, TINY_SECTIONS, SharedFolder, copy_build, write_config
 
 TARGETS = REPO / "configs/targets.yaml"
 SCHEMA = json.loads((REPO / "benchmarks/results.schema.json").read_text())
 FAST = {"min_runs": 10, "max_runs": 60, "max_seconds": 3, "burst": 2, "peak_seconds": 0.05}
 
 
-@pytest.fixture(scope="session")  # not torn down when another module runs between two users
-def built(tiny_build, tmp_path_factory):
-    """The tiny digits build (float, int8 and ONNX files), benchmarked on three targets with one reference file."""
-    tmp = tmp_path_factory.mktemp("bench")
-    cfg, _ = copy_build(tiny_build, tmp)
-    # A "published" file to compare against: our own fp32 file under another name.
-    reference = tmp / "published_fp32.tflite"
-    shutil.copyfile(cfg.build_root / "artifacts/tiny_fp32.tflite", reference)
-    bench = {"targets": ["phone-little", "edge-box", "int8-accelerator"], "reference_models": [str(reference)], **FAST}
-    path = write_config(tmp / "tiny.yaml", **{**TINY_SECTIONS, "benchmark": bench})
-    cfg = load_config(path)
-    assert runner.run(cfg, str(path)) == ["bench"]
+@pytest.fixture(scope="session")
+def built(tiny_build, tmp_path_factory, worker_id):
+    """The tiny digits build (float, int8 and ONNX files), benchmarked on three targets with one reference file.
+
+    Made once per session, by whichever pytest-xdist worker needs it first.
+    """
+    with SharedFolder(tmp_path_factory, worker_id, "bench") as shared:
+        tmp = shared.path
+        path = tmp / "tiny.yaml"
+        if not shared.ready:
+            cfg, _ = copy_build(tiny_build, tmp)
+            # A "published" file to compare against: our own fp32 file under another name.
+            reference = tmp / "published_fp32.tflite"
+            shutil.copyfile(cfg.build_root / "artifacts/tiny_fp32.tflite", reference)
+            bench = {"targets": ["phone-little", "edge-box", "int8-accelerator"],
+                     "reference_models": [str(reference)], **FAST}
+            write_config(path, **{**TINY_SECTIONS, "benchmark": bench})
+            assert runner.run(load_config(path), str(path)) == ["bench"]
+            shared.done()
+        cfg = load_config(path)
     return cfg, path, json.loads((cfg.build_root / "bench/results.json").read_text())
 
 
@@ -198,8 +203,14 @@ def test_gate_input_errors_exit_2(tmp_path):
     assert out.returncode == 2 and out.stderr.startswith("error: baseline") and "Traceback" not in out.stderr
 
 
-def test_bench_is_cached_and_forced(built, monkeypatch):
-    cfg, path, results = built
+def test_bench_is_cached_and_forced(built, monkeypatch, tmp_path):
+    import yaml
+
+    # On a copy: the shared build is read by tests in other workers meanwhile.
+    shutil.copytree(built[0].build_root.parent, tmp_path / "build", symlinks=True)
+    sections = {k: v for k, v in yaml.safe_load(built[1].read_text()).items() if k not in ("name", "build_dir")}
+    path = write_config(tmp_path / "tiny.yaml", **sections)
+    cfg = load_config(path)
     assert runner.run(cfg, str(path)) == []
     assert dict(runner.status(cfg))["bench"] is None
     with pytest.raises(ConfigError, match="no such stage"):

@@ -18,8 +18,6 @@ from pipeline import models
 from pipeline.keras_compat import keras
 from tests.conftest import REPO, SHARED
 
-# One worker runs this module, so its exported files are made once.
-pytestmark = pytest.mark.xdist_group("efficiency")
 
 SIZE = 16
 REFERENCE_INT8 = SHARED / "reference/tf2_mobilenet_v2_1.0_224_ptq.tflite"
@@ -64,12 +62,14 @@ def _file_macs(path) -> int:
     return tflite_macs(path) if path.suffix == ".tflite" else onnx_macs(path)
 
 
+@pytest.mark.xdist_group("block_files")  # one worker makes the files, for every test of them
 def test_macs_agree_across_keras_tflite_and_onnx_float_and_int8(block_files):
     model, files = block_files
     assert keras_macs(model) == BLOCK_MACS
     assert {fmt: _file_macs(path) for fmt, path in files.items()} == {fmt: BLOCK_MACS for fmt in files}
 
 
+@pytest.mark.xdist_group("block_files")  # one worker makes the files, for every test of them
 def test_onnx_int8_weights_sit_behind_dequantize_linear(block_files):
     """The int8 count above only means something if its Conv weights really are QDQ integer initializers."""
     graph = onnx.load(str(block_files[1]["onnx-int8"])).graph
@@ -193,6 +193,7 @@ def test_onnx_refuses_a_dynamic_image_size(tmp_path):
         onnx_macs(path)
 
 
+@pytest.mark.xdist_group("block_files")  # one worker makes the files, for every test of them
 def test_tflite_macs_runs_without_tensorflow(block_files):
     """The latency subprocess loads LiteRT only; counting must not drag TensorFlow in."""
     code = ("import sys; from benchmarks.efficiency import tflite_macs; "

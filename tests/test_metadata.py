@@ -14,9 +14,8 @@ from exporters import inspect, metadata, tflite
 from exporters.runtimes import open_session
 from pipeline import models
 from pipeline.config import ModelConfig
+from tests.conftest import SharedFolder
 
-# One worker runs this module, so its exported files are made once.
-pytestmark = pytest.mark.xdist_group("metadata")
 
 SIZE = 32  # the shared tiny build's digits classifier
 LABELS = tuple("zero one two three four five six seven eight nine".split())
@@ -62,24 +61,26 @@ def test_digits(tiny_build) -> np.ndarray:
     return load_split(cfg.build_root / "data/test.npz")[0][:32].astype(np.float32)
 
 
-@pytest.fixture(scope="session")  # not torn down when another module runs between two users
-def exported(tmp_path_factory, tiny_build) -> dict[str, Path]:
+@pytest.fixture(scope="session")
+def exported(tmp_path_factory, worker_id, tiny_build) -> dict[str, Path]:
     """Each kind of file the exporters write, without metadata: from the tiny build's trained MobileNetV2
-    (its normalization folds into the int8 input), and from a BGR model whose normalization does not."""
+    (its normalization folds into the int8 input), and from a BGR model whose normalization does not.
+    Made once per session, by whichever pytest-xdist worker needs them first."""
     from pipeline.data import load_split
     from pipeline.stages.finetune import load_model
 
     cfg, _ = tiny_build
-    root = tmp_path_factory.mktemp("exported")
-    calibration = load_split(cfg.build_root / "data/train.npz")[0][:64].astype(np.float32)
-    built = {"mobilenet": load_model(cfg.build_root / "finetune/model.keras"), "bgr": _bgr_classifier()}
-    files = {}
-    for name, (fmt, int8_input, int8_output, kind) in FILES.items():
-        exporter = exporters.get(fmt)
-        files[name] = root / f"{name}{exporter.suffix}"
-        ctx = exporters.ExportContext(image_size=SIZE, onnx_opset=17, calibration_images=calibration,
-                                      int8_input=int8_input, int8_output=int8_output)
-        exporter.export(built[kind], files[name], ctx)
+    with SharedFolder(tmp_path_factory, worker_id, "exported") as shared:
+        root = shared.path
+        files = {name: root / f"{name}{exporters.get(spec[0]).suffix}" for name, spec in FILES.items()}
+        if not shared.ready:
+            calibration = load_split(cfg.build_root / "data/train.npz")[0][:64].astype(np.float32)
+            built = {"mobilenet": load_model(cfg.build_root / "finetune/model.keras"), "bgr": _bgr_classifier()}
+            for name, (fmt, int8_input, int8_output, kind) in FILES.items():
+                ctx = exporters.ExportContext(image_size=SIZE, onnx_opset=17, calibration_images=calibration,
+                                              int8_input=int8_input, int8_output=int8_output)
+                exporters.get(fmt).export(built[kind], files[name], ctx)
+            shared.done()
     return files
 
 
