@@ -170,8 +170,9 @@ def test_bgr_per_channel_normalization_is_not_folded_and_uint8_input_is_still_th
     assert check.top1_agreement >= 0.9 and inspect.tflite_summary(path)["fully_integer"]
 
 
-# Plain QAT (preserve_sparsity False) is converted by the same code. ~1 min per case on 2 cores:
-# the fast suite converts a sparsity-preserving QAT model in the optimize stage's end-to-end test.
+# Plain QAT (preserve_sparsity False) is converted by the same code. ~10 s per case on 2 cores since
+# the conversion skips the SavedModel (~1 min before); the fast suite converts a sparsity-preserving
+# QAT model in the optimize stage's end-to-end test (test_distribution), so these stay in the slow suite.
 @pytest.mark.slow
 @pytest.mark.parametrize("preserve_sparsity", [True, False])
 def test_qat_models_convert_to_full_integer_files_that_match_the_float_model(preserve_sparsity, trained_model, images,
