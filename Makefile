@@ -46,8 +46,8 @@ gate: $(VENV)/.installed
 	@test -n "$(BASELINE)" || { echo "usage: make gate BASELINE=path/to/results.json [CONFIG=...]" >&2; exit 2; }
 	$(PY) -m benchmarks.gate --baseline $(BASELINE) --config $(CONFIG) $(foreach s,$(SET),--set $(s)) $(GATE_FLAGS)
 
-# One worker per core (pytest-xdist); a module or tests that share an expensive fixture carry one
-# xdist_group mark and go to one worker, the rest are handed out a test at a time.
+# One worker per core (pytest-xdist); tests that share an expensive fixture carry one xdist_group
+# mark and go to one worker, the rest are handed out a test at a time.
 XDIST ?= -n auto --dist loadgroup
 
 test: $(VENV)/.installed

@@ -182,7 +182,8 @@ def tiny_build(tmp_path_factory, worker_id):
 
 
 def copy_build(tiny_build, destination: Path, **sections):
-    """The tiny build copied to ``destination``, with a config pointing at the copy (stamps still valid)."""
+    """The tiny build (or a build made from it: ``(cfg, path)``) copied to ``destination``, with a config
+    pointing at the copy (stamps still valid when ``sections`` are the build's own)."""
     import shutil
 
     from pipeline.config import load_config

@@ -207,10 +207,7 @@ def test_bench_is_cached_and_forced(built, monkeypatch, tmp_path):
     import yaml
 
     # On a copy: the shared build is read by tests in other workers meanwhile.
-    shutil.copytree(built[0].build_root.parent, tmp_path / "build", symlinks=True)
-    sections = {k: v for k, v in yaml.safe_load(built[1].read_text()).items() if k not in ("name", "build_dir")}
-    path = write_config(tmp_path / "tiny.yaml", **sections)
-    cfg = load_config(path)
+    cfg, path = copy_build(built[:2], tmp_path, benchmark=yaml.safe_load(built[1].read_text())["benchmark"])
     assert runner.run(cfg, str(path)) == []
     assert dict(runner.status(cfg))["bench"] is None
     with pytest.raises(ConfigError, match="no such stage"):
