@@ -35,7 +35,7 @@ bench: $(VENV)/.installed
 # Images/s of the input pipeline alone and of fine-tuning, and the share of step time spent waiting for data
 # (bench/train_throughput.json); TRAIN_FLAGS="--epochs 3 --steps 40" bounds the run.
 bench-train: $(VENV)/.installed
-	$(PY) -m benchmarks.train_throughput --config $(CONFIG) $(foreach s,$(SET),--set $(s)) $(TRAIN_FLAGS)
+	$(PY) -m pipeline.train_throughput --config $(CONFIG) $(foreach s,$(SET),--set $(s)) $(TRAIN_FLAGS)
 
 # Re-render report/report.md and report.html from the build's bench/results.json.
 report: $(VENV)/.installed
@@ -44,13 +44,16 @@ report: $(VENV)/.installed
 # Fail (exit 1) when a file's accuracy or its latency ratio to Keras regressed against BASELINE.
 gate: $(VENV)/.installed
 	@test -n "$(BASELINE)" || { echo "usage: make gate BASELINE=path/to/results.json [CONFIG=...]" >&2; exit 2; }
-	$(PY) -m benchmarks.gate --baseline $(BASELINE) --config $(CONFIG) $(foreach s,$(SET),--set $(s)) $(GATE_FLAGS)
+	@root=$$($(PY) -m pipeline path --config $(CONFIG) $(foreach s,$(SET),--set $(s))) && \
+	$(PY) -m benchmarks.gate --baseline $(BASELINE) --results $$root/bench/results.json $(GATE_FLAGS)
 
 # One worker per core (pytest-xdist); tests that share an expensive fixture carry one xdist_group
 # mark and go to one worker, the rest are handed out a test at a time.
 XDIST ?= -n auto --dist loadgroup
 
+# lint-imports: the layering contracts of pyproject.toml ([tool.importlinter]), function-local imports included.
 test: $(VENV)/.installed
+	$(VENV)/bin/lint-imports --config pyproject.toml
 	$(PY) -m pytest $(XDIST)
 
 # The slow matrix: real data from ../shared, full-size models.
@@ -59,7 +62,7 @@ test-slow: $(VENV)/.installed
 
 # Frozen-feature linear probe, the baseline a fine-tuned model has to beat.
 probe: $(VENV)/.installed
-	$(PY) -m benchmarks.linear_probe --config $(CONFIG)
+	$(PY) -m pipeline.linear_probe --config $(CONFIG)
 
 clean:
 	rm -rf build

@@ -165,7 +165,7 @@ def keras_macs(model) -> int:
 
 
 def _keras_layer_macs(layer) -> int:
-    from pipeline.keras_compat import keras
+    from core.keras_compat import keras
 
     if isinstance(layer, keras.Model):
         return keras_macs(layer)
@@ -298,15 +298,15 @@ def peak_precision(name: str) -> str:
     int8 rate bounds that mix: they are held to the fp32 peak, and their
     fraction of it may exceed 1.
     """
-    import exporters
+    from exporters import registry
 
-    if name in exporters.names():
-        name = exporters.get(name).precision
+    if name in registry.names():
+        name = registry.get(name).precision
     try:
         return _PEAK_BY_PRECISION[name]
     except KeyError:
         raise ValueError(f"unknown precision or format {name!r}; valid precisions: {', '.join(_PEAK_BY_PRECISION)}; "
-                         f"valid formats: {', '.join(exporters.names())}") from None
+                         f"valid formats: {', '.join(registry.names())}") from None
 
 
 def peak_for(name: str, peak: dict) -> float:

@@ -102,23 +102,11 @@ def compare(baseline: dict, current: dict, check_budgets: bool = False) -> list[
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.gate", description=__doc__.split("\n\n")[0])
     parser.add_argument("--baseline", type=Path, required=True, help="bench/results.json of the accepted run")
-    parser.add_argument("--results", type=Path, help="bench/results.json of the new run")
-    parser.add_argument("--config", help="pipeline config: its build's bench/results.json is the new run")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                        help="the same --set overrides the build was made with (they can change its name)")
+    parser.add_argument("--results", type=Path, required=True,
+                        help="bench/results.json of the new run (make gate finds its build's from CONFIG)")
     parser.add_argument("--budgets", action="store_true", help="also fail on the new run's target budget failures")
     args = parser.parse_args(argv)
     try:
-        if args.results is None:
-            if not args.config:
-                raise GateInputError("pass --results path/to/bench/results.json or --config CONFIG.")
-            from pipeline.config import load_config
-            from pipeline.errors import ConfigError
-
-            try:
-                args.results = load_config(args.config, args.overrides).build_root / "bench/results.json"
-            except ConfigError as exc:
-                raise GateInputError(str(exc))
         baseline, current = _load(args.baseline, "baseline"), _load(args.results, "results")
     except GateInputError as exc:
         print(f"error: {exc}", file=sys.stderr)

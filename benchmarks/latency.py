@@ -22,7 +22,8 @@ from typing import Optional
 
 import numpy as np
 
-from exporters.runtimes import RUNTIME_BY_SUFFIX
+from benchmarks import worker as worker_module  # imported for its name: each worker process runs it (and stamps see it)
+from exporters.registry import is_model_file, kind_of_file
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -84,7 +85,7 @@ class Worker:
 
     def start(self) -> "Worker":
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "benchmarks.worker", str(self.path), self.runtime, str(self.threads), str(self.inputs)],
+            [sys.executable, "-m", worker_module.__name__, str(self.path), self.runtime, str(self.threads), str(self.inputs)],
             cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log_stream(), text=True, bufsize=1,
         )
         self.ready = self._read()
@@ -174,7 +175,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.rounds:
         args.max_runs, args.max_seconds = args.rounds, float("inf")
-    missing = [str(p) for p in args.files if not p.is_file() or p.suffix not in RUNTIME_BY_SUFFIX]
+    missing = [str(p) for p in args.files if not p.is_file() or not is_model_file(p)]
     if missing:
         print(f"error: not a .tflite/.onnx/.keras file: {', '.join(missing)}", file=sys.stderr)
         return 2
@@ -184,7 +185,7 @@ def main(argv=None) -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         inputs = write_inputs(Path(tmp) / "inputs.npz", None, sizes={input_size(p) for p in args.files} - {None})
-        workers = [Worker(str(p), p, RUNTIME_BY_SUFFIX[p.suffix], args.threads, inputs, Path(tmp) / f"{i}.log")
+        workers = [Worker(str(p), p, kind_of_file(p).runtime, args.threads, inputs, Path(tmp) / f"{i}.log")
                    for i, p in enumerate(args.files)]
         try:
             for w in workers:

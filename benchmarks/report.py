@@ -20,7 +20,8 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-from pipeline.io import atomic_path, write_text
+from core import layout
+from core.io import atomic_path, write_text
 
 MIB = 1024 * 1024
 
@@ -281,7 +282,7 @@ def main(argv=None) -> int:
     if not isinstance(results, dict) or "benchmark" not in results:
         print(f"error: {args.results} has no benchmark section; run `make bench` first.", file=sys.stderr)
         return 2
-    out = args.out or args.results.parent.parent / "report"
+    out = args.out or args.results.parent.parent / layout.REPORT
     for path in render(results, out):
         print(path)
     return 0

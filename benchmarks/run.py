@@ -26,9 +26,11 @@ from benchmarks import accuracy, efficiency
 from benchmarks.inputs import input_size, write_inputs
 from benchmarks.latency import Worker, WorkerError, interleave, relative_ci, summarize
 from benchmarks.targets import Target, available_cpus, load_targets
-from exporters.runtimes import RUNTIME_BY_SUFFIX
-from pipeline.errors import ConfigError, PipelineError
-from pipeline.io import gzip_size
+from exporters.registry import kind_of_file
+from core import layout
+from core.errors import ConfigError, PipelineError
+from core.io import gzip_size, write_json
+from core.splits import load_split
 
 log = logging.getLogger("pipeline")
 
@@ -86,13 +88,13 @@ def candidates(root: Path, export_results: dict, references: list[Path]) -> list
     for art in export_results["artifacts"]:
         if art["status"] == "failed" or art["format"] == "keras":
             continue
-        path = root / "artifacts" / art["file"]
+        path = root / layout.ARTIFACTS / art["file"]
         out.append({"key": art["format"], "name": art["name"], "origin": "build", "format": art["format"],
                     "runtime": art["runtime"], "precision": art["precision"], "path": path,
                     "file": art["file"], "bytes": art["bytes"], "gzip_bytes": art["gzip_bytes"],
                     "fully_integer": art.get("fully_integer"), "sparsity": art.get("sparsity")})
     for path in references:
-        runtime = RUNTIME_BY_SUFFIX[path.suffix]
+        runtime = kind_of_file(path).runtime
         out.append({"key": f"reference:{path.name}", "name": path.stem, "origin": "reference", "format": None,
                     "runtime": runtime, "precision": None, "path": path, "file": str(path),
                     "fully_integer": _readable(path, _tflite_integer) if runtime == "litert" else None,
@@ -100,7 +102,7 @@ def candidates(root: Path, export_results: dict, references: list[Path]) -> list
                     "sparsity": None, **_file_facts(path)})
     # The Keras model as shipped (the `keras` export, no optimizer state) when it was exported.
     shipped = [a for a in export_results["artifacts"] if a["format"] == "keras" and a["status"] != "failed"]
-    keras_path = root / "artifacts" / shipped[0]["file"] if shipped else root / "finetune" / "model.keras"
+    keras_path = root / layout.ARTIFACTS / shipped[0]["file"] if shipped else root / layout.MODEL
     out.append({"key": KERAS_KEY, "name": f"{export_results['name']}-keras", "origin": "keras", "format": "keras",
                 "runtime": "keras", "precision": "fp32", "path": keras_path, "file": str(keras_path.relative_to(root)),
                 "fully_integer": False, "sparsity": None, **_file_facts(keras_path)})
@@ -113,9 +115,9 @@ def count_macs(entry: dict) -> Optional[int]:
             return efficiency.tflite_macs(entry["path"])
         if entry["runtime"] == "onnxruntime":
             return efficiency.onnx_macs(entry["path"])
-        from pipeline.stages.finetune import load_model
+        from core.loader import load_classifier
 
-        return efficiency.keras_macs(load_model(entry["path"]))
+        return efficiency.keras_macs(load_classifier(entry["path"]))
     except Exception as exc:  # a file we cannot count still gets timed
         log.warning("[bench] cannot count multiply-accumulates of %s: %s", entry["path"], exc)
         return None
@@ -302,21 +304,18 @@ def host_info() -> dict:
 
 def benchmark(cfg, root: Path, progress: bool = True) -> dict:
     """Benchmark the build under ``root``; write ``bench/results.json`` and return it."""
-    from pipeline import data
-    from pipeline.io import write_json
-
     started = time.time()
     settings = cfg.benchmark
     targets = load_targets(settings.targets_file, settings.targets)
-    export_results = json.loads((root / "export/results.json").read_text())
+    export_results = json.loads((root / layout.EXPORT_RESULTS).read_text())
     entries = candidates(root, export_results, reference_files(settings.reference_models))
     for e in entries:
         e["macs"] = count_macs(e)
-    x_test, y_test = data.load_split(root / "data/test.npz")
+    x_test, y_test = load_split(root / layout.split("test"))
     if settings.accuracy_images:
         x_test, y_test = x_test[:settings.accuracy_images], y_test[:settings.accuracy_images]
     class_names = export_results["dataset"]["classes"]
-    work = root / "bench" / "work"
+    work = root / layout.BENCH_WORK
     inputs = write_inputs(work / "inputs.npz", x_test,
                           sizes={e.get("input_size") or input_size(e["path"]) or cfg.data.image_size for e in entries})
 
@@ -364,6 +363,6 @@ def benchmark(cfg, root: Path, progress: bool = True) -> dict:
                      for r in rows if r["budget"] and not r["budget"]["passed"]],
         "seconds": round(time.time() - started, 1),
     }
-    write_json(root / "bench/results.json", results)
+    write_json(root / layout.BENCH_RESULTS, results)
     (work / "inputs.npz").unlink(missing_ok=True)  # a copy of the test split; the worker logs stay
     return results

@@ -15,8 +15,8 @@ from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from pipeline.config import read_yaml
-from pipeline.errors import ConfigError, one_line, printable
+from core.yaml_files import read_yaml
+from core.errors import ConfigError, one_line, printable
 
 
 def available_cpus() -> int:

@@ -24,8 +24,8 @@ def _import_runtime(runtime: str, threads: int) -> None:
     if runtime == "keras":
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         # The one Keras (tf_keras), set up before TensorFlow is imported; then the loader itself.
-        from pipeline.keras_compat import tf
-        import pipeline.stages.finetune  # noqa: F401
+        from core.keras_compat import tf
+        import core.loader  # noqa: F401
 
         # TensorFlow reads its thread pools once, before the first op: set them first.
         tf.config.threading.set_intra_op_parallelism_threads(threads)
@@ -49,7 +49,7 @@ def main(argv: list[str]) -> int:
     import numpy as np
 
     from benchmarks.memory import peak_rss_mb
-    from exporters.runtimes import open_session
+    from exporters.runtimes import open_session, time_invocations
 
     _import_runtime(runtime, threads)
     with np.load(inputs) as data:
@@ -77,12 +77,7 @@ def main(argv: list[str]) -> int:
         op = command["op"]
         if op == "time":
             session.invoke(feed)
-            times = []
-            for _ in range(int(command.get("n", 1))):
-                start = time.perf_counter()
-                session.invoke(feed)
-                times.append((time.perf_counter() - start) * 1e3)
-            reply(times_ms=times)
+            reply(times_ms=time_invocations(session, feed, int(command.get("n", 1))))
         elif op == "memory":
             reply(peak_rss_mb=peak_rss_mb(), baseline_rss_mb=baseline)
         elif op == "predict":

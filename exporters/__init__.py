@@ -1,10 +1,6 @@
-"""Exporters: each registered format turns the fine-tuned Keras model into a deployable file.
+"""Exporters: the format registry (``registry``), the converters that make each format
+(``convert``), the runtimes that run the files, their validation, metadata and inspection.
 
-Importing this package is cheap; TensorFlow, tf2onnx and the runtimes are
-imported inside the exporters when they run.
+Importing the package imports none of them: the config reads only the registry's
+table, and a stage's code stamp holds only the modules it really imports.
 """
-
-from exporters import keras_format, tflite, onnx  # noqa: F401,I001  (registration order = table order)
-from exporters.registry import ExportContext, Exporter, get, names, register, table
-
-__all__ = ["ExportContext", "Exporter", "get", "names", "register", "table"]

@@ -31,7 +31,7 @@ class FoldedNormalization:
 
     def normalize(self, images: np.ndarray, batch: int = 64) -> np.ndarray:
         """Raw-pixel images through the preprocess layer, as the folded model's calibration wants them."""
-        from pipeline.keras_compat import tf
+        from core.keras_compat import tf
 
         if images is None or not len(images):
             return images
@@ -53,7 +53,7 @@ def fold_normalization(model) -> FoldedNormalization | None:
         return None
     if len(set(mean)) != 1 or len(set(std)) != 1 or not 0 <= mean[0] <= 255 or std[0] <= 0:
         return None
-    from pipeline.keras_compat import keras
+    from core.keras_compat import keras
 
     try:
         core = keras.Model(output, model.outputs, name=f"{model.name}_core")
@@ -68,7 +68,7 @@ def _preprocess_call(model):
     tfmot's quantize_apply reuses an un-annotated layer object, which then has
     one call per model: take the call on this model's input.
     """
-    from pipeline.models import PREPROCESS_LAYER
+    from core.contract import PREPROCESS_LAYER
 
     if len(model.inputs) != 1:
         return None

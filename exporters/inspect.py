@@ -81,10 +81,30 @@ def tflite_summary(path: Path) -> dict:
     }
 
 
+# Metadata entry of a full-integer file whose integer input is the camera byte itself
+# (written by ``exporters.tflite.set_raw_pixel_input``): JSON {"pixel_offset": k} says the stored
+# integer is ``pixel + k`` (0 for uint8, -128 for int8), whatever the tensor's quantization
+# describes (for a folded file, the normalized value).
+RAW_PIXEL_METADATA = "pipeline.raw_pixel_input"
+
+
+def raw_pixel_offset(path: Path) -> int | None:
+    """``k`` when the file's integer input is ``pixel + k`` (see ``set_raw_pixel_input``), else None."""
+    import json
+
+    from ai_edge_litert import schema_py_generated as schema
+
+    buf = Path(path).read_bytes()
+    model = schema.Model.GetRootAsModel(buf, 0)
+    for i in range(model.MetadataLength()):
+        entry = model.Metadata(i)
+        if entry.Name() == RAW_PIXEL_METADATA.encode():
+            return int(json.loads(model.Buffers(entry.Buffer()).DataAsNumpy().tobytes())["pixel_offset"])
+    return None
+
+
 def _input_summary(path, t) -> dict:
     """What an app feeds: dtype, and for an integer input what the integer stands for."""
-    from exporters.tflite import raw_pixel_offset
-
     dtype = np.dtype(_NUMPY.get(t.Type(), np.float32)).name
     if not np.issubdtype(np.dtype(dtype), np.integer):
         return {"dtype": dtype, "feed": "raw RGB pixels 0..255 as float"}
@@ -164,7 +184,47 @@ def onnx_sparsity(path: Path) -> float:
     return round(zeros / total, 6) if total else 0.0
 
 
-def keras_sparsity(model) -> float:
-    from pipeline.compression import overall_sparsity
+# ---------------------------------------------------------------------------------------------
+# A Keras model, also through tfmot's pruning and quantize wrappers
 
-    return overall_sparsity(model)
+
+def prunable_layers():
+    """Layers whose kernels are pruned: the "prunable weights" that sparsity figures count.
+
+    tfmot's prune registry leaves depthwise kernels dense (few weights, each one a
+    whole spatial filter), so they are not pruned and not counted (``_KERNEL_OPS`` above).
+    """
+    from core.keras_compat import keras
+
+    return (keras.layers.Conv2D, keras.layers.Dense)
+
+
+def _kernels(layer):
+    """Kernel variables of a conv/dense layer, also through pruning and quantize wrappers."""
+    inner = getattr(layer, "layer", layer)
+    if not isinstance(inner, prunable_layers()):
+        return
+    for w in layer.weights:
+        if w.name.split("/")[-1].split(":")[0] in ("kernel", "depthwise_kernel"):
+            yield w
+
+
+def layer_sparsity(model) -> dict[str, float]:
+    """Zero fraction of each conv/dense kernel, by layer name."""
+    out = {}
+    for layer in model.layers:
+        for w in _kernels(layer):
+            values = w.numpy()
+            out[getattr(layer, "layer", layer).name] = round(float(np.mean(values == 0)), 6)
+    return out
+
+
+def keras_sparsity(model) -> float:
+    """Zero fraction of the model's prunable kernels."""
+    zeros = total = 0
+    for layer in model.layers:
+        for w in _kernels(layer):
+            values = w.numpy()
+            zeros += int(np.sum(values == 0))
+            total += values.size
+    return round(zeros / total, 6) if total else 0.0

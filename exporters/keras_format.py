@@ -6,8 +6,8 @@ import json
 import zipfile
 from pathlib import Path
 
-from exporters.registry import ExportContext, Exporter, register
-from pipeline.io import atomic_path
+from exporters.converter import Converter, ExportContext
+from core.io import atomic_path
 
 # A fixed time for every zip entry: the earliest a zip can store, as reproducible builds use.
 _ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
@@ -36,12 +36,12 @@ def make_reproducible(path: Path) -> None:
             out.writestr(fixed, data)
 
 
-@register("keras")
-class KerasExporter(Exporter):
-    suffix = ".keras"
-    runtime = "keras"
-    description = "Keras reference model (tf_keras .keras file)"
+class KerasConverter(Converter):
+    format = "keras"
 
     def export(self, model, path: Path, ctx: ExportContext) -> None:
         model.save(path)
         make_reproducible(path)
+
+
+CONVERTERS = (KerasConverter,)

@@ -16,7 +16,7 @@ What the input takes is read from the file itself, so the metadata cannot disagr
 with it. Every file takes RGB pixels in [0, 255] with the normalization inside the
 model (README, "The preprocessing contract"), so the normalization a caller applies,
 ``(x - mean) / std``, is the identity for float inputs: mean 0, std 1. A full-integer
-TFLite file takes the camera byte itself (``exporters.tflite.RAW_PIXEL_METADATA``).
+TFLite file takes the camera byte itself (``exporters.inspect.RAW_PIXEL_METADATA``).
 MediaPipe and the Task Library feed a uint8 input the bytes as they are, whatever the
 normalization says (MediaPipe feeds an int8 input the byte minus 128), while the
 schema's own convention (and Android Studio's generated code) normalizes, then
@@ -38,12 +38,15 @@ from typing import Any
 
 import numpy as np
 
+from core.contract import INPUT_NAME, check_label
+from exporters.registry import kind_of_file
+
 TFLITE_METADATA = "TFLITE_METADATA"  # the model metadata entry that metadata readers look up
 METADATA_FILE_IDENTIFIER = b"M001"
 # Our contract as JSON, beside the standard metadata (LiteRT ignores entries it does not know).
 PREPROCESSING_METADATA = "pipeline.preprocessing"
 LABELS_FILE = "labels.txt"
-INPUT_NAME, OUTPUT_NAME = "image", "probability"
+OUTPUT_NAME = "probability"
 # The oldest metadata parser that understands every field written here. The standard populator
 # stores the version computed by metadata_version.cc, which stays at 1.0.0 unless a file uses a
 # later member (VOCABULARY files, tokenizers, tensor groups, audio, custom metadata): none here.
@@ -83,31 +86,11 @@ class MetadataError(ValueError):
     """A file's metadata is missing or does not say what a reader needs."""
 
 
-def check_label(label: str, index: int = 0) -> None:
-    """Refuse a label that would not come back unchanged from ``labels.txt`` in every reader.
-
-    ``labels.txt`` holds one label per line: a line break inside a label shifts every later
-    class, and MediaPipe and the Task Library skip blank lines and trim whitespace.
-    """
-    if not isinstance(label, str):
-        raise ValueError(f"label {index} is {type(label).__name__} {label!r}, not a string")
-    if not label.strip():
-        raise ValueError(f"label {index} is blank ({label!r}); readers of labels.txt skip blank lines")
-    if label.splitlines() != [label]:
-        raise ValueError(f"label {index} {label!r} contains a line break; labels.txt holds one label per line")
-    if label != label.strip():
-        raise ValueError(f"label {index} {label!r} starts or ends with whitespace, which readers of labels.txt trim")
-    try:
-        label.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ValueError(f"label {index} {label!r} is not valid Unicode text (labels are stored as UTF-8)") from None
-
-
 @dataclass(frozen=True)
 class ModelInfo:
     """What the metadata of every exported file says about the model.
 
-    ``preprocessing`` is the contract of ``pipeline.models.preprocessing_contract``; what
+    ``preprocessing`` is the contract of ``core.contract.preprocessing_contract``; what
     each file's input takes (float pixels, uint8 bytes, int8 bytes - 128) is read from the file.
     """
 
@@ -218,7 +201,7 @@ def _text(value) -> str:
 
 def _tflite_input(model, tensor, schema, contract: dict) -> dict:
     """What the input takes, as normalization mean/std and the value range of the tensor, per channel."""
-    from exporters.tflite import RAW_PIXEL_METADATA
+    from exporters.inspect import RAW_PIXEL_METADATA
 
     low, high = _pixel_range(contract)
     types = {schema.TensorType.FLOAT32: "float32", schema.TensorType.UINT8: "uint8", schema.TensorType.INT8: "int8"}
@@ -638,9 +621,10 @@ def _onnx_tensor(value) -> dict:
 def write_metadata(path: str | os.PathLike, info: ModelInfo) -> None:
     """Add the metadata of ``info`` to an exported ``.tflite`` or ``.onnx`` file, in place."""
     path = Path(path)
-    if path.suffix == ".tflite":
+    kind = kind_of_file(path)
+    if kind.runtime == "litert":
         _replace(path, write_tflite_metadata(path, info))
-    elif path.suffix == ".onnx":
+    elif kind.runtime == "onnxruntime":
         write_onnx_metadata(path, info)
     else:
         raise ValueError(f"no metadata for {path.name}: .tflite and .onnx files carry it")
@@ -649,15 +633,19 @@ def write_metadata(path: str | os.PathLike, info: ModelInfo) -> None:
 def read_metadata(path: str | os.PathLike) -> dict:
     """``read_tflite_metadata`` or ``read_onnx_metadata``, by the file's suffix."""
     path = Path(path)
-    readers = {".tflite": read_tflite_metadata, ".onnx": read_onnx_metadata}
-    if path.suffix not in readers:
+    readers = {"litert": read_tflite_metadata, "onnxruntime": read_onnx_metadata}
+    try:
+        runtime = kind_of_file(path).runtime
+    except ValueError:
+        runtime = None
+    if runtime not in readers:
         raise ValueError(f"no metadata in {path.name}: .tflite and .onnx files carry it")
-    return readers[path.suffix](path)
+    return readers[runtime](path)
 
 
 def _replace(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file, so a reader never sees half a file."""
-    from pipeline.io import atomic_path
+    from core.io import atomic_path
 
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from exporters.registry import ExportContext, Exporter, Lossy, register
+from exporters.converter import Converter, ExportContext
 
 
 def keras_to_onnx(model, path: Path, ctx: ExportContext) -> None:
@@ -93,23 +93,15 @@ def canonicalize(proto) -> None:
     graph.value_info.extend(infos)
 
 
-@register("onnx-fp32")
-class ONNXFP32(Exporter):
-    suffix = "_fp32.onnx"
-    runtime = "onnxruntime"
-    description = "ONNX (tf2onnx), float32"
+class ONNXFP32(Converter):
+    format = "onnx-fp32"
 
     def export(self, model, path: Path, ctx: ExportContext) -> None:
         keras_to_onnx(model, path, ctx)
 
 
-@register("onnx-int8")
-class ONNXInt8(Lossy, Exporter):
-    suffix = "_int8.onnx"
-    runtime = "onnxruntime"
-    precision = "int8"
-    description = "ONNX static QDQ int8 (onnxruntime), per-channel weights, calibrated on real training images"
-    needs_calibration = True
+class ONNXInt8(Converter):
+    format = "onnx-int8"
 
     def export(self, model, path: Path, ctx: ExportContext) -> None:
         from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType, quant_pre_process,
@@ -118,7 +110,7 @@ class ONNXInt8(Lossy, Exporter):
         from exporters.folding import fold_normalization
 
         if ctx.calibration_images is None or not len(ctx.calibration_images):
-            raise ValueError(f"{self.name} needs calibration images")
+            raise ValueError(f"{self.format} needs calibration images")
         # As for tflite-int8: a foldable normalization becomes the input QuantizeLinear's
         # scale and zero point, so no float Sub/Mul runs on the full-resolution image.
         fold = fold_normalization(model)
@@ -206,3 +198,6 @@ def nodes_before_first_conv(path: Path) -> list[str]:
             break
         names.append(node.name)
     return names
+
+
+CONVERTERS = (ONNXFP32, ONNXInt8)

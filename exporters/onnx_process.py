@@ -43,18 +43,18 @@ def convert(model, path: Path, image_size: int, opset: int) -> None:
 def _main(argv: list[str]) -> None:
     import logging
 
-    from pipeline.keras_compat import keras, tf  # first: it decides which Keras TensorFlow loads
-
-    import pipeline.models  # noqa: F401  (registers the custom layers a saved model may hold)
+    from core.keras_compat import tf  # first: it decides which Keras TensorFlow loads
+    from core.contract import INPUT_NAME
+    from core.loader import load_classifier
     import tf2onnx
     from tf2onnx import verbose_logging
 
     model_path, out, image_size, opset = argv[0], Path(argv[1]), int(argv[2]), int(argv[3])
     # tf2onnx logs every graph rewrite at INFO; keep the run log about our stages.
     verbose_logging.set_level(logging.WARNING)
-    model = keras.models.load_model(model_path, compile=False, safe_mode=True)
+    model = load_classifier(model_path)
     # A dynamic batch dimension lets servers batch while phones feed one image.
-    spec = (tf.TensorSpec((None, image_size, image_size, 3), tf.float32, name="image"),)
+    spec = (tf.TensorSpec((None, image_size, image_size, 3), tf.float32, name=INPUT_NAME),)
     proto, _ = tf2onnx.convert.from_keras(model, input_signature=spec, opset=opset)
     out.write_bytes(proto.SerializeToString())
 

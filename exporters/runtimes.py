@@ -13,8 +13,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-RUNTIMES = ("litert", "onnxruntime", "keras")
-RUNTIME_BY_SUFFIX = {".tflite": "litert", ".onnx": "onnxruntime", ".keras": "keras"}
+from exporters.registry import kind_of_runtime
 
 
 class Session:
@@ -42,13 +41,12 @@ class Session:
 def open_session(path: Path, runtime: str, threads: int = 1, benchmark: bool = False) -> Session:
     """``benchmark``: the session shares the CPU with other files timed in turn (see ``OnnxSession``)."""
     path = Path(path)
+    kind_of_runtime(runtime)  # an unknown runtime names the valid ones
     if runtime == "litert":
         return LiteRTSession(path, threads)
     if runtime == "onnxruntime":
         return OnnxSession(path, threads, spin=not benchmark)
-    if runtime == "keras":
-        return KerasSession(path)
-    raise ValueError(f"unknown runtime {runtime!r}; valid runtimes: {', '.join(RUNTIMES)}")
+    return KerasSession(path)
 
 
 def load_predictor(path: Path, runtime: str, threads: int = 1) -> Callable[[np.ndarray], np.ndarray]:
@@ -61,7 +59,7 @@ class LiteRTSession(Session):
         # ai-edge-litert is the LiteRT runtime that ships on phones; tf.lite.Interpreter is deprecated.
         from ai_edge_litert.interpreter import Interpreter
 
-        from exporters.tflite import raw_pixel_offset
+        from exporters.inspect import raw_pixel_offset
 
         self.interpreter = Interpreter(model_path=str(path), num_threads=threads)
         self.interpreter.allocate_tensors()
@@ -133,15 +131,22 @@ class OnnxSession(Session):
 
 
 class KerasSession(Session):
-    """The Keras model as a compiled ``tf.function`` (not ``model.predict``, whose per-call overhead is not the model's)."""
+    """The Keras model as a compiled ``tf.function`` (not ``model.predict``, whose per-call overhead is not the model's).
 
-    def __init__(self, path: Path, batch: int = 64):
-        import tensorflow as tf
+    The one Keras predictor: the export stage's reference probabilities, validation and the
+    benchmark workers all run a Keras model through it. ``model`` is a loaded model or a
+    ``.keras`` path (loaded with ``core.loader``).
+    """
 
-        from pipeline.stages.finetune import load_model
+    def __init__(self, model, batch: int = 64):
+        from core.keras_compat import tf
 
+        if isinstance(model, (str, Path)):
+            from core.loader import load_classifier
+
+            model = load_classifier(model)
         self.tf = tf
-        self.model = load_model(path)
+        self.model = model
         self.fn = tf.function(lambda x: self.model(x, training=False), reduce_retracing=True)
         self.batch = batch
 
@@ -154,23 +159,39 @@ class KerasSession(Session):
 
     def invoke(self, feed) -> np.ndarray:
         parts = [self.fn(feed[i:i + self.batch]).numpy() for i in range(0, int(feed.shape[0]), self.batch)]
+        if not parts:
+            return np.zeros((0, self.model.output_shape[-1]), np.float32)
         return np.concatenate(parts)
 
 
-def median_latency_ms(predict: Callable[[np.ndarray], np.ndarray], sample: np.ndarray, runs: int,
-                      warmup: int = 5, max_seconds: float = 10.0) -> float:
-    """Median wall time of single-image calls, after warm-up; stops early after ``max_seconds``."""
+def keras_probabilities(model, images: np.ndarray) -> np.ndarray:
+    """The Keras reference probabilities of ``images`` (raw float32 pixels)."""
+    return KerasSession(model).predict(images)
+
+
+def time_invocations(session: Session, feed: Any, runs: int, max_seconds: float = float("inf")) -> list[float]:
+    """Wall times in ms of ``runs`` single calls of ``session.invoke(feed)``; stops after ``max_seconds``.
+
+    The one latency timer: the benchmark workers time each round with it, and the
+    export stage's quick single-thread figure is its median.
+    """
     import time
 
-    sample = sample[:1].astype(np.float32)
-    for _ in range(warmup):
-        predict(sample)
     times = []
     deadline = time.perf_counter() + max_seconds
     for _ in range(runs):
         start = time.perf_counter()
-        predict(sample)
-        times.append(time.perf_counter() - start)
+        session.invoke(feed)
+        times.append((time.perf_counter() - start) * 1e3)
         if time.perf_counter() > deadline:
             break
-    return round(float(np.median(times)) * 1000.0, 4)
+    return times
+
+
+def median_latency_ms(session: Session, sample: np.ndarray, runs: int, warmup: int = 5,
+                      max_seconds: float = 10.0) -> float:
+    """Median wall time of single-image calls on ``sample[:1]``, after ``warmup`` calls."""
+    feed = session.prepare(np.asarray(sample[:1], dtype=np.float32))
+    for _ in range(warmup):
+        session.invoke(feed)
+    return round(float(np.median(time_invocations(session, feed, runs, max_seconds))), 4)

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from exporters.registry import ExportContext, Exporter, Lossy, register
+from exporters.converter import Converter, ExportContext
+from exporters.inspect import RAW_PIXEL_METADATA
 
 
 def keras_converter(model):
@@ -24,7 +25,7 @@ def keras_converter(model):
     (same ops, outputs equal bit for bit) come from the frozen concrete function in 0.8 s.
     That path writes no SignatureDef, which ``with_serving_signature`` adds back.
     """
-    from pipeline.keras_compat import tf
+    from core.keras_compat import tf
 
     (source,) = model.inputs
     name = source.name.split(":")[0]
@@ -68,8 +69,7 @@ def with_serving_signature(flatbuffer: bytes, model) -> bytes:
     return bytes(builder.Output())
 
 
-class TFLiteExporter(Exporter):
-    runtime = "litert"
+class TFLiteConverter(Converter):
 
     def configure(self, converter, ctx: ExportContext) -> None:
         """Set quantization options; plain float32 needs none."""
@@ -80,34 +80,25 @@ class TFLiteExporter(Exporter):
         path.write_bytes(with_serving_signature(converter.convert(), model))
 
 
-@register("tflite-fp32")
-class TFLiteFP32(TFLiteExporter):
-    suffix = "_fp32.tflite"
-    description = "TFLite, float32 weights and activations"
+class TFLiteFP32(TFLiteConverter):
+    format = "tflite-fp32"
 
 
-@register("tflite-fp16")
-class TFLiteFP16(Lossy, TFLiteExporter):
-    suffix = "_fp16.tflite"
-    precision = "fp16"
-    description = "TFLite, float16 weights (half the size; GPU delegates run it in fp16)"
-    max_accuracy_drop_pp = 0.5
+class TFLiteFP16(TFLiteConverter):
+    format = "tflite-fp16"
 
     def configure(self, converter, ctx: ExportContext) -> None:
-        from pipeline.keras_compat import tf
+        from core.keras_compat import tf
 
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.target_spec.supported_types = [tf.float16]
 
 
-@register("tflite-dynamic")
-class TFLiteDynamic(Lossy, TFLiteExporter):
-    suffix = "_dynamic.tflite"
-    precision = "dynamic-int8"
-    description = "TFLite dynamic-range: int8 weights, activations quantized on the fly"
+class TFLiteDynamic(TFLiteConverter):
+    format = "tflite-dynamic"
 
     def configure(self, converter, ctx: ExportContext) -> None:
-        from pipeline.keras_compat import tf
+        from core.keras_compat import tf
 
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
 
@@ -122,10 +113,6 @@ def representative_dataset(images: np.ndarray):
     return generate
 
 
-# Metadata entry of a full-integer file whose integer input is the camera byte itself:
-# JSON {"pixel_offset": k} says the stored integer is ``pixel + k`` (0 for uint8, -128 for
-# int8), whatever the tensor's quantization describes (for a folded file, the normalized value).
-RAW_PIXEL_METADATA = "pipeline.raw_pixel_input"
 _INTEGER_TYPES = {"uint8": (np.uint8, 0), "int8": (np.int8, -128)}  # numpy type, pixel offset
 
 
@@ -147,7 +134,6 @@ def convert_full_integer(model, ctx: ExportContext, configure) -> bytes:
     from dataclasses import replace
 
     from exporters.folding import fold_normalization
-    from pipeline.keras_compat import tf
 
     input_name = model.inputs[0].name.split(":")[0] if len(model.inputs) == 1 else None
     fold = fold_normalization(model) if ctx.int8_input in _INTEGER_TYPES else None
@@ -249,34 +235,14 @@ def _insert_requantize(model, graph, old: int, schema) -> int:
     return new
 
 
-def raw_pixel_offset(path: Path) -> int | None:
-    """``k`` when the file's integer input is ``pixel + k`` (see ``set_raw_pixel_input``), else None."""
-    import json
-
-    from ai_edge_litert import schema_py_generated as schema
-
-    buf = Path(path).read_bytes()
-    model = schema.Model.GetRootAsModel(buf, 0)
-    for i in range(model.MetadataLength()):
-        entry = model.Metadata(i)
-        if entry.Name() == RAW_PIXEL_METADATA.encode():
-            return int(json.loads(model.Buffers(entry.Buffer()).DataAsNumpy().tobytes())["pixel_offset"])
-    return None
-
-
-@register("tflite-int8")
-class TFLiteInt8(Lossy, TFLiteExporter):
-    suffix = "_int8.tflite"
-    precision = "int8"
-    description = "TFLite full-integer int8, calibrated on real training images; uint8 camera bytes in by default"
-    needs_calibration = True
-    fully_integer = True
+class TFLiteInt8(TFLiteConverter):
+    format = "tflite-int8"
 
     def configure(self, converter, ctx: ExportContext) -> None:
-        from pipeline.keras_compat import tf
+        from core.keras_compat import tf
 
         if ctx.calibration_images is None or not len(ctx.calibration_images):
-            raise ValueError(f"{self.name} needs calibration images")
+            raise ValueError(f"{self.format} needs calibration images")
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.representative_dataset = representative_dataset(ctx.calibration_images)
         # Only integer kernels: conversion fails loudly rather than silently
@@ -290,17 +256,14 @@ class TFLiteInt8(Lossy, TFLiteExporter):
         path.write_bytes(convert_full_integer(model, ctx, self.configure))
 
 
-@register("tflite-qat-int8")
 class TFLiteQATInt8(TFLiteInt8):
-    suffix = "_qat_int8.tflite"
-    description = "TFLite full-integer int8 of the quantization-aware-trained model"
-    source = "qat"
+    """The learned ranges of the QAT model; the converter still reads calibration images, as for tflite-int8."""
+
+    format = "tflite-qat-int8"
 
 
-@register("tflite-pruned-int8")
 class TFLitePrunedInt8(TFLiteInt8):
-    suffix = "_pruned_int8.tflite"
-    precision = "int8-sparse"
-    description = "TFLite full-integer int8 of the pruned model after sparsity-preserving QAT (smaller gzip)"
-    source = "pruned-qat"
-    max_accuracy_drop_pp = 2.0
+    format = "tflite-pruned-int8"
+
+
+CONVERTERS = (TFLiteFP32, TFLiteFP16, TFLiteDynamic, TFLiteInt8, TFLiteQATInt8, TFLitePrunedInt8)

@@ -7,14 +7,14 @@ import argparse
 import logging
 import sys
 
-from pipeline.errors import PipelineError
+from core.errors import PipelineError
 from pipeline.interrupt import RUN_AGAIN, Interrupted, terminate_raises
 
 
 def _parser() -> argparse.ArgumentParser:
-    import exporters
+    from exporters import registry
 
-    formats = "\n".join(f"  {row['format']:<14} {row['runtime']:<12} {row['description']}" for row in exporters.table())
+    formats = "\n".join(f"  {row['format']:<14} {row['runtime']:<12} {row['description']}" for row in registry.table())
     parser = argparse.ArgumentParser(
         prog="python -m pipeline",
         description="Fine-tune, export and validate a mobile image classifier.",

@@ -15,15 +15,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.errors import ConfigError
-from pipeline.keras_compat import keras
-from pipeline.models import PREPROCESS_LAYER, Preprocess
-
-# Layers whose kernels are pruned: the "prunable weights" that sparsity figures
-# count, here and where exporters.inspect reads them back from exported files.
-# tfmot's prune registry leaves depthwise kernels dense (few weights, each one
-# a whole spatial filter), so they are not pruned and not counted.
-PRUNABLE = (keras.layers.Conv2D, keras.layers.Dense)
+from core.contract import PREPROCESS_LAYER
+from core.errors import ConfigError
+from core.keras_compat import keras
+from core.layers import Preprocess
+from exporters import inspect
 
 
 def _tfmot():
@@ -73,34 +69,10 @@ def strip_pruning(model: keras.Model) -> keras.Model:
     return _tfmot().sparsity.keras.strip_pruning(model)
 
 
-def _kernels(layer):
-    """Kernel variables of a conv/dense layer, also through pruning and quantize wrappers."""
-    inner = getattr(layer, "layer", layer)
-    if not isinstance(inner, PRUNABLE):
-        return
-    for w in layer.weights:
-        if w.name.split("/")[-1].split(":")[0] in ("kernel", "depthwise_kernel"):
-            yield w
-
-
-def layer_sparsity(model: keras.Model) -> dict[str, float]:
-    """Zero fraction of each conv/dense kernel, by layer name."""
-    out = {}
-    for layer in model.layers:
-        for w in _kernels(layer):
-            values = w.numpy()
-            out[getattr(layer, "layer", layer).name] = round(float(np.mean(values == 0)), 6)
-    return out
-
-
-def overall_sparsity(model: keras.Model) -> float:
-    zeros = total = 0
-    for layer in model.layers:
-        for w in _kernels(layer):
-            values = w.numpy()
-            zeros += int(np.sum(values == 0))
-            total += values.size
-    return round(zeros / total, 6) if total else 0.0
+PRUNABLE = inspect.prunable_layers()
+# Sparsity is read where the exported files' sparsity is read, so both count the same weights.
+layer_sparsity = inspect.layer_sparsity
+overall_sparsity = inspect.keras_sparsity
 
 
 def _prune_preserve_scheme():

@@ -15,12 +15,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from pipeline.errors import DataError
+from core.contract import check_label
+from core.errors import DataError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
-# The resize policy is part of the preprocessing contract that ships with every
-# artifact: an app has to crop and resize the same way to see the same accuracy.
-RESIZE_POLICY = "center-crop to square, then bilinear resize to image_size"
+# Decoding follows core.contract.RESIZE_POLICY, part of the preprocessing contract that ships
+# with every artifact: an app has to crop and resize the same way to see the same accuracy.
 
 
 @dataclass(frozen=True)
@@ -108,8 +108,6 @@ def scan_folder(root: str | Path) -> LabelledFiles:
     files: list[str] = []
     labels: list[int] = []
     names: list[str] = []
-    from exporters.metadata import check_label
-
     for class_dir in class_dirs:
         try:  # the name becomes a line of labels.txt and of every file's metadata
             check_label(class_dir.name, len(names))
@@ -340,47 +338,6 @@ def fingerprint_files(root: Path, files: tuple[str, ...]) -> str:
     return digest.hexdigest()
 
 
-def load_split(path: Path, mmap: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """A split's uint8 images and int64 labels, as the data stage stored them.
-
-    With ``mmap`` the images stay in the file (a read-only ``np.memmap``), so a split
-    larger than memory can be fed from disk (:func:`make_dataset` streams it).
-    """
-    if mmap:
-        images = _mapped_member(Path(path), "images")
-        if images is not None:
-            with np.load(path) as npz:
-                return images, npz["labels"]
-    with np.load(path) as npz:
-        return npz["images"], npz["labels"]
-
-
-def _mapped_member(path: Path, key: str) -> np.ndarray | None:
-    """The array ``key`` of an uncompressed .npz mapped from the file, or None where it cannot be (compressed, empty)."""
-    import struct
-    import zipfile
-
-    with zipfile.ZipFile(path) as archive:
-        info = archive.getinfo(f"{key}.npy")
-    if info.compress_type != zipfile.ZIP_STORED:
-        return None
-    with open(path, "rb") as fh:
-        # The zip's local file header (30 bytes, then the name and an extra field) precedes the .npy bytes.
-        fh.seek(info.header_offset)
-        header = fh.read(30)
-        if header[:4] != b"PK\x03\x04":
-            return None
-        name_length, extra_length = struct.unpack("<HH", header[26:30])
-        fh.seek(info.header_offset + 30 + name_length + extra_length)
-        version = np.lib.format.read_magic(fh)
-        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-        shape, fortran_order, dtype = read_header(fh)
-        offset = fh.tell()
-    if dtype.hasobject or 0 in shape:
-        return None
-    return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape, order="F" if fortran_order else "C")
-
-
 def _file_region(images: np.ndarray) -> tuple[str, int] | None:
     """(file, byte offset) where a memory-mapped array's data lies, or None for an array in memory.
 
@@ -482,7 +439,7 @@ def _source(images: np.ndarray, labels: np.ndarray):
     """(image, label) elements: streamed from the .npz for a memory-mapped split, else sliced from memory."""
     import os
 
-    from pipeline.keras_compat import tf
+    from core.keras_compat import tf
 
     region = _file_region(images)
     if region is None:
@@ -515,7 +472,7 @@ def make_dataset(images: np.ndarray, labels: np.ndarray, batch_size: int, *, tra
     """
     import logging
 
-    from pipeline.keras_compat import tf
+    from core.keras_compat import tf
 
     nbytes = int(images.nbytes)
     mode = resolve_cache(cache, nbytes)
@@ -560,7 +517,7 @@ def _augment(image, ops: tuple[str, ...], seed):
 
     ``seed`` (two integers) decides every random choice: one image, one seed, one result.
     """
-    from pipeline.keras_compat import tf
+    from core.keras_compat import tf
 
     flip, scale_seed, crop_seed, brightness, contrast = tf.unstack(tf.random.experimental.stateless_split(seed, 5))
     size = tf.shape(image)[0]

@@ -6,7 +6,7 @@ finetune stage's stamp, and distillation only concerns the optimize stage.
 
 from __future__ import annotations
 
-from pipeline.keras_compat import keras, tf
+from core.keras_compat import keras, tf
 from pipeline.training import learning_rate
 
 

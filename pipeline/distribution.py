@@ -38,7 +38,7 @@ from typing import Optional
 import numpy as np
 
 from pipeline import precision
-from pipeline.errors import ConfigError, one_line
+from core.errors import ConfigError, one_line
 
 log = logging.getLogger("pipeline")
 
@@ -105,7 +105,7 @@ def wants_multi_worker(train_cfg) -> bool:
 @functools.lru_cache(maxsize=None)
 def _strategy(kind: str):
     """One strategy per kind and process: TensorFlow configures collectives only once per process."""
-    from pipeline.keras_compat import tf
+    from core.keras_compat import tf
 
     if kind == "multi_worker":
         return tf.distribute.MultiWorkerMirroredStrategy()
@@ -171,7 +171,7 @@ class Setup:
 
     def _sum(self, words: np.ndarray, everyone: bool = False) -> np.ndarray:
         """Sum of ``words`` over the replicas: every replica's (``everyone``), or the chief's first replica's alone."""
-        from pipeline.keras_compat import tf
+        from core.keras_compat import tf
 
         zeros = np.zeros_like(words)
 

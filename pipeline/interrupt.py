@@ -2,7 +2,7 @@
 
 While the pipeline runs, SIGTERM raises ``Interrupted`` wherever the program
 is, as Ctrl-C raises KeyboardInterrupt: ``finally`` blocks still run (the
-temporary files of ``pipeline.io.atomic_path`` are removed) and the stage that
+temporary files of ``core.io.atomic_path`` are removed) and the stage that
 was running writes no stamp. Fine-tuning defers both signals instead
 (``deferred``) and stops between two batches, so that the checkpoint of the
 last completed epoch is what the next run resumes from.

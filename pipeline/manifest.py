@@ -19,9 +19,11 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.io import gzip_size, sha256_file
+from core import layout
+from core.contract import INPUT_NAME
+from core.io import gzip_size, sha256_file
 
-MANIFEST = "manifest.json"
+MANIFEST = Path(layout.MANIFEST).name
 SCHEMA_FILE = Path(__file__).with_name("manifest.schema.json")
 MANIFEST_VERSION = 1
 FINGERPRINT_RULE = "sha256 over each file's relative path, a NUL byte and the sha256 of its bytes, in listed order"
@@ -120,7 +122,9 @@ def _tensor_spec(read: dict) -> dict:
 def artifact_entry(path: Path, result: dict, contract: dict, delegates: dict | None, classes: int) -> dict:
     """The manifest entry of one published file, from its bytes, its metadata and its validation."""
     from exporters import metadata
+    from exporters.registry import kind_of_file
 
+    kind = kind_of_file(path)
     validation = result["validation"]
     entry = {
         "file": path.name,
@@ -136,7 +140,7 @@ def artifact_entry(path: Path, result: dict, contract: dict, delegates: dict | N
             "top1_agreement": validation["top1_agreement"], "max_abs_diff": validation["max_abs_diff"],
         },
     }
-    if path.suffix in (".tflite", ".onnx"):
+    if kind.metadata is not None:
         read = metadata.read_metadata(path)
         inp = read["input"]
         entry["input"] = {"name": inp.get("name"), **_tensor_spec(inp)}
@@ -149,13 +153,12 @@ def artifact_entry(path: Path, result: dict, contract: dict, delegates: dict | N
             "caller_normalization": inp["normalization"],
             "input_value_range": inp["value_range"],
         }
-        entry["metadata"] = {"standard": "TFLite Metadata (TFLITE_METADATA)" if path.suffix == ".tflite"
-                             else "ONNX metadata_props", "name": read["name"], "version": read["version"],
+        entry["metadata"] = {"standard": kind.metadata, "name": read["name"], "version": read["version"],
                              "labels": len(read["labels"]), "labels_sha256": _labels_sha256(read["labels"]),
                              "outputs_bit_identical": result["metadata"]["outputs_bit_identical"]}
     else:  # the Keras reference: labels and contract come from labels.txt and this manifest
         size = contract["input_shape"][1]
-        entry["input"] = {"name": "image", "tensor": None, "dtype": "float32", "shape": [None, size, size, 3],
+        entry["input"] = {"name": INPUT_NAME, "tensor": None, "dtype": "float32", "shape": [None, size, size, 3],
                           "quantization": None}
         entry["output"] = {"name": "probability", "tensor": None, "dtype": "float32",
                            "shape": [None, classes], "quantization": None}
@@ -163,8 +166,8 @@ def artifact_entry(path: Path, result: dict, contract: dict, delegates: dict | N
                                   "caller_normalization": {"mean": [0.0] * 3, "std": [1.0] * 3},
                                   "input_value_range": list(contract["value_range"])}
         entry["metadata"] = None
-    entry["labels"] = {"file": "labels.txt", "packed_in_file": path.suffix == ".tflite",
-                       "in_metadata_props": path.suffix == ".onnx"}
+    entry["labels"] = {"file": "labels.txt", "packed_in_file": kind.runtime == "litert",
+                       "in_metadata_props": kind.runtime == "onnxruntime"}
     entry["delegates"] = delegates
     return entry
 
@@ -191,7 +194,7 @@ class Verification:
 def locate(directory: Path) -> Path:
     """``manifest.json`` in ``directory`` or in its ``artifacts/`` folder (a build folder)."""
     directory = Path(directory)
-    for candidate in (directory / MANIFEST, directory / "artifacts" / MANIFEST):
+    for candidate in (directory / MANIFEST, directory / layout.MANIFEST):
         if candidate.is_file():
             return candidate
     raise ManifestError(f"no {MANIFEST} in {directory} or {directory / 'artifacts'}; run `make export` first, "

@@ -1,8 +1,7 @@
 """Backbone registry and the flat classifier built on it.
 
 The classifier takes raw RGB pixels in [0, 255] and normalizes inside the
-graph (the ``preprocess`` layer), so every exported file has the same input
-contract and a phone app feeds camera pixels as they are. The head sits on
+graph (``core.layers.Preprocess``; the contract is ``core.contract``). The head sits on
 ``base.output`` directly: tfmot's ``quantize_model`` refuses a model nested in
 another model, so the backbone must not be a sub-model.
 """
@@ -15,14 +14,14 @@ from typing import Callable
 
 import numpy as np
 
-from pipeline.config import ModelConfig
+from core import contract
+from core.contract import HEAD_PREFIX, INPUT_NAME, PREPROCESS_LAYER
+from core.errors import WeightsError, one_line
+from core.keras_compat import keras, tf
+from core.layers import Preprocess
 from pipeline import weights
-from pipeline.errors import WeightsError, one_line
-from pipeline.keras_compat import keras, tf
+from pipeline.config import ModelConfig
 
-HEAD_PREFIX = "head_"
-PREPROCESS_LAYER = "preprocess"
-INPUT_NAME = "image"
 
 
 @dataclass(frozen=True)
@@ -62,43 +61,10 @@ register_backbone(Backbone(
 ))
 
 
-@keras.utils.register_keras_serializable(package="pipeline")
-class Preprocess(keras.layers.Layer):
-    """Channel reorder and per-channel normalization of raw [0, 255] RGB pixels, inside the graph."""
-
-    def __init__(self, mean, std, channel_order="RGB", **kwargs):
-        super().__init__(**kwargs)
-        self.mean = [float(m) for m in mean]
-        self.std = [float(s) for s in std]
-        self.channel_order = channel_order
-
-    def call(self, inputs):
-        x = tf.cast(inputs, self.compute_dtype)
-        if self.channel_order == "BGR":
-            x = x[..., ::-1]
-        mean = tf.constant(self.mean, dtype=x.dtype)
-        inv_std = tf.constant([1.0 / s for s in self.std], dtype=x.dtype)
-        return (x - mean) * inv_std
-
-    def get_config(self):
-        return {**super().get_config(), "mean": self.mean, "std": self.std, "channel_order": self.channel_order}
-
-
 def preprocessing_contract(model_cfg: ModelConfig, image_size: int) -> dict:
-    """What a caller must feed every exported file; recorded in results and, later, metadata."""
-    from pipeline.data import RESIZE_POLICY
-
+    """What a caller must feed every exported file of this backbone; recorded in results and metadata."""
     bb = BACKBONES[model_cfg.backbone]
-    return {
-        "input_shape": [1, image_size, image_size, 3],
-        "dtype": "float32",
-        "channel_order": "RGB",
-        "value_range": [0.0, 255.0],
-        "normalization": "inside the model",
-        "in_graph_normalization": {"channel_order": bb.channel_order, "mean": list(bb.mean), "std": list(bb.std)},
-        "resize": RESIZE_POLICY,
-        "output": "class probabilities (softmax), one per line of labels.txt",
-    }
+    return contract.preprocessing_contract(image_size, bb.mean, bb.std, bb.channel_order)
 
 
 def build_classifier(model_cfg: ModelConfig, num_classes: int, image_size: int) -> keras.Model:

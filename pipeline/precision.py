@@ -23,7 +23,7 @@ MIXED_POLICY = "mixed_float16"
 
 
 def gpu_count() -> int:
-    from pipeline.keras_compat import tf
+    from core.keras_compat import tf
 
     return len(tf.config.list_physical_devices("GPU"))
 
@@ -36,7 +36,7 @@ def resolve(setting: str, gpus: int) -> bool:
 @contextlib.contextmanager
 def policy(mixed: bool) -> Iterator[None]:
     """Inside the block, layers that are built compute in float16 (``mixed``) or float32; the old policy comes back after."""
-    from pipeline.keras_compat import keras
+    from core.keras_compat import keras
 
     previous = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy(MIXED_POLICY if mixed else "float32")
@@ -54,7 +54,7 @@ def float32_copy(model):
     and exporter that loads it. Built outside any strategy scope, so the copy
     is a plain model whatever the training ran under.
     """
-    from pipeline.keras_compat import keras
+    from core.keras_compat import keras
 
     config = model.get_config()
     for layer in config["layers"]:

@@ -29,8 +29,8 @@ from typing import Optional
 
 import numpy as np
 
-from pipeline.io import write_json
-from pipeline.runner import input_change
+from core.io import write_json
+from pipeline.stamps import input_change
 
 log = logging.getLogger("pipeline")
 
@@ -77,7 +77,7 @@ class TrainingCheckpoint:
 
     def save(self, state: dict, trackables: dict, arrays: dict[str, list[np.ndarray]]) -> None:
         """Save ``trackables`` (e.g. model=…, optimizer=…) and ``arrays`` (name -> weight list), then ``state``."""
-        from pipeline.keras_compat import tf
+        from core.keras_compat import tf
 
         self.directory.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".save-", dir=self.directory))
@@ -94,7 +94,7 @@ class TrainingCheckpoint:
 
     def restore(self, state: dict, trackables: dict) -> None:
         """Load the saved values into ``trackables``; every variable they already have must be in the save."""
-        from pipeline.keras_compat import tf
+        from core.keras_compat import tf
 
         prefix = self.directory / state["folder"] / _CKPT_PREFIX
         tf.train.Checkpoint(**trackables).read(str(prefix)).assert_existing_objects_matched()

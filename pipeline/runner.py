@@ -1,10 +1,8 @@
-"""Runs the stages in order, skipping those whose stamp still matches.
+"""Runs the stages in order, skipping those whose stamp still matches (``pipeline.stamps``).
 
-A stamp (``build/<name>/<stage>/stamp.json``) holds the sha256 of the stage's
-dependency files, of the config sections it reads, of its source code, of any
-data outside the build folder, and of every file it wrote. It is written last,
-after all outputs are in place, so a run killed mid-stage leaves no stamp and
-the stage runs again next time.
+A stamp is written last, after all outputs are in place, so a run killed
+mid-stage leaves no stamp and the stage runs again next time. A stage may write
+only the outputs it declares (``Stage.outs``).
 
 In a multi-worker run (``pipeline.distribution``) only the chief does all of
 this. The other workers follow it through the stages that train, in a
@@ -13,9 +11,6 @@ temporary folder, and write no stamp.
 
 from __future__ import annotations
 
-import hashlib
-import importlib.util
-import json
 import logging
 import tempfile
 import time
@@ -23,11 +18,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from core.errors import ConfigError, PipelineError
+from core.io import sha256_file, write_json
 from pipeline import distribution
 from pipeline.config import Config
-from pipeline.errors import ConfigError, PipelineError
-from pipeline.io import sha256_file, write_json
-from pipeline.stages import Stage, all_stages
+from pipeline.stages import Stage, bench, data, export, finetune, optimize
+from pipeline.stamps import stage_inputs, stamp_path, why_stale
 
 log = logging.getLogger("pipeline")
 
@@ -45,77 +41,12 @@ class RunContext:
         return self.root / rel
 
     def record_output(self, path: Path) -> None:
-        self.outputs.append(str(Path(path).relative_to(self.root)))
+        self.outputs.append(Path(path).relative_to(self.root).as_posix())
 
 
-def _code_hash(modules: tuple[str, ...]) -> str:
-    digest = hashlib.sha256()
-    for name in modules:
-        spec = importlib.util.find_spec(name)
-        if spec is None or spec.origin is None:
-            raise RuntimeError(f"stage code module {name} not found")
-        digest.update(name.encode() + b"\0" + Path(spec.origin).read_bytes())
-    return digest.hexdigest()
-
-
-def stage_inputs(stage: Stage, cfg: Config, root: Path) -> dict:
-    """What a stage's result depends on, as its stamp records it: dependency files, config, code, source data."""
-    deps = {}
-    for rel in stage.dependencies(cfg):
-        p = root / rel
-        deps[rel] = sha256_file(p) if p.exists() else None
-    params = {section: cfg.section_hash(section, ignore=stage.ignores) for section in stage.params}
-    if stage.derived_params:
-        params.update(stage.derived_params(cfg))
-    return {
-        "deps": deps,
-        "params": params,
-        "code": _code_hash(stage.code),
-        "inputs": stage.external_inputs(cfg) if stage.external_inputs else None,
-    }
-
-
-def stamp_path(root: Path, stage: Stage) -> Path:
-    return root / stage.name / "stamp.json"
-
-
-def input_change(recorded: dict, expected: dict) -> Optional[str]:
-    """Why ``recorded`` (a stamp, a checkpoint) was made from other inputs than ``expected``; None if it was not."""
-    for rel, digest in expected["deps"].items():
-        if digest is None:
-            return f"input {rel} missing"
-        if recorded.get("deps", {}).get(rel) != digest:
-            return f"input {rel} changed"
-    if recorded.get("params") != expected["params"]:
-        old = recorded.get("params") if isinstance(recorded.get("params"), dict) else {}
-        changed = [s for s in expected["params"] if old.get(s) != expected["params"][s]]
-        return f"config section(s) {', '.join(changed)} changed"
-    if recorded.get("code") != expected["code"]:
-        return "stage code changed"
-    if recorded.get("inputs") != expected["inputs"]:
-        return "source data changed"
-    return None
-
-
-def why_stale(stage: Stage, cfg: Config, root: Path) -> Optional[str]:
-    """None when the stage is up to date, else a short reason."""
-    path = stamp_path(root, stage)
-    if not path.exists():
-        return "never run"
-    try:
-        stamp = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return "stamp unreadable"
-    changed = input_change(stamp, stage_inputs(stage, cfg, root))
-    if changed:
-        return changed
-    for rel, digest in stamp.get("outs", {}).items():
-        out = root / rel
-        if not out.exists():
-            return f"output {rel} missing"
-        if sha256_file(out) != digest:
-            return f"output {rel} modified"
-    return None
+def all_stages():
+    """(Stage, run) pairs in the order data flows through them."""
+    return [(m.STAGE, m.run) for m in (data, finetune, optimize, export, bench)]
 
 
 def status(cfg: Config) -> list[tuple[str, Optional[str]]]:
@@ -159,7 +90,7 @@ def run(cfg: Config, config_source: str, force: tuple[str, ...] = (), through: O
     """Run every stale stage, and the ``force``d ones; return the names of the stages that ran.
 
     ``through`` stops after that stage: a tool that needs only the decoded splits
-    (``benchmarks.train_throughput``) brings the data stage up to date without training.
+    (``pipeline.train_throughput``) brings the data stage up to date without training.
     """
     stages = all_stages()
     known = [stage.name for stage, _ in stages]
@@ -221,6 +152,9 @@ def _run_stage(stage: Stage, run_stage, cfg: Config, root: Path, config_source: 
     started = time.time()
     run_stage(cfg, ctx)
     elapsed = time.time() - started
+    undeclared = [rel for rel in ctx.outputs if rel not in stage.outputs(cfg)]
+    if undeclared:  # our bug: the layout and the stage disagree
+        raise RuntimeError(f"stage {stage.name} wrote {', '.join(undeclared)}, which it does not declare in its outs")
     outs = {rel: sha256_file(root / rel) for rel in ctx.outputs}
     write_json(stamp_path(root, stage), {
         "stage": stage.name, **expected, "outs": outs,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pipeline.keras_compat import keras, tf
+from core.keras_compat import keras, tf
 
 
 def seed_everything(seed: int) -> None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.errors import WeightsError, one_line, show
+from core.errors import WeightsError, one_line, show
 
 
 @dataclass(frozen=True)

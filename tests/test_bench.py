@@ -17,7 +17,7 @@ from benchmarks import accuracy, gate, latency, report
 from benchmarks.targets import load_targets
 from pipeline import runner
 from pipeline.config import load_config
-from pipeline.errors import ConfigError, PipelineError
+from core.errors import ConfigError, PipelineError
 from tests.conftest import REPO, TINY_FORMATS, TINY_SECTIONS, SharedFolder, copy_build, write_config
 
 TARGETS = REPO / "configs/targets.yaml"

@@ -17,8 +17,8 @@ import pytest
 
 from exporters import delegates, metadata
 from pipeline import manifest, runner
-from pipeline.errors import BudgetError
-from pipeline.io import sha256_file
+from core.errors import BudgetError
+from core.io import sha256_file
 from tests.conftest import REPO, copy_build, run_cli
 
 SCHEMA = json.loads((REPO / "pipeline/manifest.schema.json").read_text())
@@ -197,7 +197,7 @@ def test_delegate_support_is_read_from_each_tflite_file(tiny_build):
 
 def test_the_gpu_check_names_ops_the_gpu_delegate_cannot_run(tmp_path):
     """A graph with ops outside the GPU delegate's set (TOPK_V2, UNIQUE) beside ones inside it (CUMSUM, CAST)."""
-    from pipeline.keras_compat import tf
+    from core.keras_compat import tf
 
     @tf.function(input_signature=[tf.TensorSpec([1, 8], tf.float32)])
     def ranks(x):

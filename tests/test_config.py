@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from pipeline.config import check_paths, load_config, parse_override
-from pipeline.errors import ConfigError
+from core.errors import ConfigError
 from tests.conftest import REPO, run_cli, write_config
 
 

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from pydantic import BaseModel
 
 from pipeline.config import Config, check_paths, load_config
-from pipeline.errors import ConfigError, PipelineError, show
+from core.errors import ConfigError, PipelineError, show
 
 FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

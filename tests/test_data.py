@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from pipeline import data
-from pipeline.errors import DataError
+from core.errors import DataError
 from tests.conftest import CLASS_COLOURS
 
 

@@ -21,7 +21,7 @@ import pytest
 
 from pipeline import distribution, precision, runner
 from pipeline.config import load_config
-from pipeline.errors import ConfigError
+from core.errors import ConfigError
 from tests.conftest import REPO, write_config
 
 # One phase, the whole backbone trained: the cheapest run that really learns.
@@ -40,8 +40,8 @@ def _passed(cfg) -> dict:
 
 def test_mixed_precision_and_xla_forced_on_a_cpu_train_in_float16_and_export_float32(tmp_path):
     from pipeline import models
-    from pipeline.keras_compat import keras
-    from pipeline.stages.finetune import load_model
+    from core.keras_compat import keras
+    from core.loader import load_classifier as load_model
 
     path = write_config(tmp_path / "tiny.yaml",
                         train={**TRAIN, "head_epochs": 1, "fine_tune_epochs": 0, "mixed_precision": "on", "jit_compile": "on",
@@ -155,7 +155,7 @@ def test_global_batch_is_per_replica_batch_times_replicas_and_lr_follows_the_rul
 # done after), then runs `python -m pipeline` once per argument group ("--" between groups).
 TWO_CPUS = """
 import sys
-from pipeline.keras_compat import tf
+from core.keras_compat import tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 from pipeline.__main__ import main
@@ -194,8 +194,8 @@ def _colour_data(photos) -> dict:
 @pytest.fixture(scope="session")
 def trained_backbone(tmp_path_factory, colour_photos):
     """A no-top MobileNetV2 .h5 trained on the colour photos: transfer learning's starting point, made here."""
-    from pipeline.keras_compat import keras
-    from pipeline.stages.finetune import load_model
+    from core.keras_compat import keras
+    from core.loader import load_classifier as load_model
 
     tmp = tmp_path_factory.mktemp("backbone")
     path = write_config(tmp / "backbone.yaml", data=_colour_data(colour_photos),
@@ -279,7 +279,7 @@ def test_one_epoch_mirrored_on_two_cpus_reaches_the_validation_accuracy_of_one_d
 # also the optimize stage's end-to-end test: what the stage makes, and what re-runs it.
 @pytest.mark.xdist_group("two_device_runs")
 def test_a_mirrored_model_goes_through_optimize_and_export_within_the_usual_budgets(two_device_runs):
-    import exporters
+    from exporters import convert
     from exporters import inspect
 
     formats = f"export.formats=[{','.join(OPTIMIZED_FORMATS)}]"
@@ -298,7 +298,7 @@ def test_a_mirrored_model_goes_through_optimize_and_export_within_the_usual_budg
     assert list(by_format) == OPTIMIZED_FORMATS
     for fmt, entry in by_format.items():
         # The budgets a model trained on one device is held to, unchanged, and met.
-        exporter = exporters.get(fmt)
+        exporter = convert.get(fmt)
         assert entry["validation"]["min_top1_agreement"] == exporter.min_top1_agreement
         assert entry["validation"]["max_accuracy_drop_pp"] == exporter.max_accuracy_drop_pp
         assert (cfg.build_root / "artifacts" / entry["file"]).is_file()
@@ -374,7 +374,8 @@ def _finish(procs: list[subprocess.Popen]) -> list[str]:
 
 
 def _same_weights_everywhere(outputs: list[str], chief_root: Path) -> None:
-    from pipeline.stages.finetune import load_model, weights_digest
+    from core.loader import load_classifier as load_model
+    from pipeline.stages.finetune import weights_digest
 
     digests = [WEIGHTS_LINE.findall(output) for output in outputs]
     assert len(digests[0]) == 1 and all(d == digests[0] for d in digests), digests

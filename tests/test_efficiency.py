@@ -11,11 +11,12 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-import exporters
+from core import contract
+from core.layers import Preprocess
+from exporters import convert, registry
 from benchmarks import efficiency
 from benchmarks.efficiency import keras_macs, onnx_macs, tflite_macs
-from pipeline import models
-from pipeline.keras_compat import keras
+from core.keras_compat import keras
 from tests.conftest import REPO, SHARED
 
 
@@ -26,8 +27,8 @@ REFERENCE_INT8 = SHARED / "reference/tf2_mobilenet_v2_1.0_224_ptq.tflite"
 def _block_model() -> keras.Model:
     """MobileNetV2's ingredients at toy size: in-graph normalization, strided conv, inverted residual, dense head."""
     layers = keras.layers
-    inputs = keras.Input((SIZE, SIZE, 3), name=models.INPUT_NAME)
-    x = models.Preprocess((127.5,) * 3, (127.5,) * 3)(inputs)
+    inputs = keras.Input((SIZE, SIZE, 3), name=contract.INPUT_NAME)
+    x = Preprocess((127.5,) * 3, (127.5,) * 3)(inputs)
     x = layers.Conv2D(8, 3, strides=2, padding="same", use_bias=False)(x)
     x = layers.ReLU(6.0)(layers.BatchNormalization()(x))
     y = layers.Conv2D(16, 1, activation="relu")(x)
@@ -49,12 +50,12 @@ def block_files(tmp_path_factory):
     keras.utils.set_random_seed(0)
     model = _block_model()
     images = np.random.default_rng(0).integers(0, 256, (16, SIZE, SIZE, 3)).astype(np.float32)
-    ctx = exporters.ExportContext(image_size=SIZE, onnx_opset=17, calibration_images=images)
+    ctx = convert.ExportContext(image_size=SIZE, onnx_opset=17, calibration_images=images)
     folder = tmp_path_factory.mktemp("efficiency")
     files = {}
     for fmt in ("tflite-fp32", "tflite-int8", "onnx-fp32", "onnx-int8"):
-        files[fmt] = folder / f"block{exporters.get(fmt).suffix}"
-        exporters.get(fmt).export(model, files[fmt], ctx)
+        files[fmt] = folder / f"block{convert.get(fmt).suffix}"
+        convert.get(fmt).export(model, files[fmt], ctx)
     return model, files
 
 
@@ -98,16 +99,16 @@ def test_grouped_conv_and_nested_models_and_pruning_wrappers_count_per_group(tmp
     assert keras_macs(tfmot.sparsity.keras.prune_low_magnitude(inner)) == 6 * 6 * 8 * 4
     # tf2onnx cannot convert a grouped Keras conv, so the file check is TFLite only.
     path = tmp_path / "grouped.tflite"
-    exporters.get("tflite-fp32").export(inner, path, exporters.ExportContext(image_size=6, onnx_opset=17))
+    convert.get("tflite-fp32").export(inner, path, convert.ExportContext(image_size=6, onnx_opset=17))
     assert tflite_macs(path) == 6 * 6 * 8 * 4
 
 
 def _export_counts(model, tmp_path, size: int) -> dict:
-    ctx = exporters.ExportContext(image_size=size, onnx_opset=17)
+    ctx = convert.ExportContext(image_size=size, onnx_opset=17)
     counts = {"keras": keras_macs(model)}
     for fmt in ("tflite-fp32", "onnx-fp32"):
-        path = tmp_path / f"model{exporters.get(fmt).suffix}"
-        exporters.get(fmt).export(model, path, ctx)
+        path = tmp_path / f"model{convert.get(fmt).suffix}"
+        convert.get(fmt).export(model, path, ctx)
         try:
             counts[fmt] = _file_macs(path)
         except ValueError as error:
@@ -235,7 +236,7 @@ def test_efficiency_divides_achieved_rate_by_peak():
 def test_full_integer_files_are_held_to_the_int8_peak_and_the_rest_to_fp32():
     peak = {"fp32_gmacs": 50.0, "int8_gmacs": 200.0, "threads": 1, "method": "test"}
     int8 = {"tflite-int8", "tflite-qat-int8", "tflite-pruned-int8", "onnx-int8"}
-    for fmt in exporters.names():
+    for fmt in registry.names():
         assert efficiency.peak_for(fmt, peak) == (200.0 if fmt in int8 else 50.0), fmt
     assert efficiency.peak_precision("qat-int8") == "int8" and efficiency.peak_precision("fp16") == "fp32"
     with pytest.raises(ValueError, match="tflite-int8"):

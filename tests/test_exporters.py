@@ -5,12 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import exporters
-from exporters import folding, inspect, registry, tflite
+from core import contract, layers
+from exporters.runtimes import keras_probabilities
+from exporters import convert, folding, inspect, registry, tflite
 from exporters.validate import compare, validate
 from pipeline import models
 from pipeline.config import ModelConfig
-from pipeline.keras_compat import keras
+from core.keras_compat import keras
 
 SIZE = 32
 
@@ -18,7 +19,7 @@ SIZE = 32
 @pytest.fixture(scope="session")
 def trained_model(tiny_build):
     """The shared tiny build's trained digits classifier (its fixture asserts test top-1 >= 0.9)."""
-    from pipeline.stages.finetune import load_model
+    from core.loader import load_classifier as load_model
 
     cfg, _ = tiny_build
     return load_model(cfg.build_root / "finetune/model.keras")
@@ -27,7 +28,7 @@ def trained_model(tiny_build):
 @pytest.fixture(scope="session")
 def images(tiny_build):
     """Held-out digits of the tiny build's test split, raw pixels: what the files are checked on."""
-    from pipeline.data import load_split
+    from core.splits import load_split
 
     cfg, _ = tiny_build
     return load_split(cfg.build_root / "data/test.npz")[0].astype(np.float32)
@@ -35,7 +36,7 @@ def images(tiny_build):
 
 @pytest.fixture(scope="session")
 def labels(tiny_build):
-    from pipeline.data import load_split
+    from core.splits import load_split
 
     cfg, _ = tiny_build
     return load_split(cfg.build_root / "data/test.npz")[1]
@@ -44,7 +45,7 @@ def labels(tiny_build):
 @pytest.fixture(scope="session")
 def calibration(tiny_build):
     """Training digits, as the pipeline calibrates on them."""
-    from pipeline.data import load_split
+    from core.splits import load_split
 
     cfg, _ = tiny_build
     return load_split(cfg.build_root / "data/train.npz")[0][:100].astype(np.float32)
@@ -59,37 +60,37 @@ def digits():
 
 
 def _context(calibration, **int8_types):
-    return exporters.ExportContext(image_size=SIZE, onnx_opset=17, calibration_images=calibration, **int8_types)
+    return convert.ExportContext(image_size=SIZE, onnx_opset=17, calibration_images=calibration, **int8_types)
 
 
 def test_registry_has_the_issue_formats():
     assert {"keras", "tflite-fp32", "onnx-fp32", "tflite-fp16", "tflite-dynamic", "tflite-int8",
-            "tflite-qat-int8", "tflite-pruned-int8", "onnx-int8"} <= set(exporters.names())
-    assert registry.sources(exporters.names()) == set(registry.SOURCES)
-    assert exporters.get("tflite-pruned-int8").max_accuracy_drop_pp == 2.0  # the issue's default for pruned files
-    runtimes = {row["format"]: row["runtime"] for row in exporters.table()}
+            "tflite-qat-int8", "tflite-pruned-int8", "onnx-int8"} <= set(registry.names())
+    assert registry.sources(registry.names()) == set(registry.SOURCES)
+    assert registry.get("tflite-pruned-int8").max_accuracy_drop_pp == 2.0  # the issue's default for pruned files
+    runtimes = {row["format"]: row["runtime"] for row in registry.table()}
     assert runtimes["tflite-fp32"] == "litert" and runtimes["onnx-fp32"] == "onnxruntime"
 
 
 def test_registering_a_name_twice_is_an_error():
     with pytest.raises(RuntimeError, match="registered twice"):
-        registry.register("tflite-fp32")(type("Dup", (registry.Exporter,), {}))
+        registry.register("tflite-fp32")(type("Dup", (registry.Format,), {"suffix": "_x.tflite", "runtime": "litert"}))
 
 
 def test_unknown_format_lists_the_valid_ones():
     with pytest.raises(KeyError, match="tflite-fp32"):
-        exporters.get("coreml")
+        convert.get("coreml")
 
 
 # The QAT exporters run the tflite-int8 conversion on a tfmot model: tested below with one.
-@pytest.mark.parametrize("fmt", [n for n in exporters.names() if exporters.get(n).source == "finetune"])
+@pytest.mark.parametrize("fmt", [n for n in registry.names() if convert.get(n).source == "finetune"])
 def test_format_exports_loads_in_its_runtime_and_agrees_with_keras(fmt, trained_model, images, labels, calibration,
                                                                    tmp_path):
-    exporter = exporters.get(fmt)
+    exporter = convert.get(fmt)
     path = tmp_path / f"model{exporter.suffix}"
     exporter.export(trained_model, path, _context(calibration))
     assert path.stat().st_size > 100_000
-    reference = models.predict_probs(trained_model, images)
+    reference = keras_probabilities(trained_model, images)
     assert (reference.argmax(1) == labels).mean() >= 0.8  # a model that learned, on held-out digits
     # Three images' worth at least: on 270 test images one flipped digit is 0.37 pp, so a 1 pp
     # budget would be decided by a single image (issue 16 judges drops by their interval).
@@ -115,7 +116,7 @@ def _ops_before_first_conv(path) -> list[str]:
 @pytest.mark.parametrize("input_type, output_type", [("uint8", "float"), ("int8", "int8"), ("float", "uint8")])
 def test_int8_tflite_takes_raw_pixels_whatever_its_io_types(input_type, output_type, trained_model, images, digits,
                                                              calibration, tmp_path):
-    exporter = exporters.get("tflite-int8")
+    exporter = convert.get("tflite-int8")
     path = tmp_path / f"io{exporter.suffix}"
     exporter.export(trained_model, path, _context(calibration, int8_input=input_type, int8_output=output_type))
     from ai_edge_litert.interpreter import Interpreter
@@ -123,19 +124,19 @@ def test_int8_tflite_takes_raw_pixels_whatever_its_io_types(input_type, output_t
     interpreter = Interpreter(model_path=str(path))
     details = interpreter.get_input_details()[0]
     assert details["dtype"] == np.dtype(input_type if input_type != "float" else "float32")
-    assert interpreter.get_signature_list()["serving_default"]["inputs"] == [models.INPUT_NAME]
+    assert interpreter.get_signature_list()["serving_default"]["inputs"] == [contract.INPUT_NAME]
     out_dtype = np.dtype(output_type if output_type != "float" else "float32")
     assert interpreter.get_output_details()[0]["dtype"] == out_dtype
     if input_type == "float":  # the raw-pixel float32 contract: the normalization runs in the graph
-        assert "SUB" in _ops_before_first_conv(path) and tflite.raw_pixel_offset(path) is None
+        assert "SUB" in _ops_before_first_conv(path) and inspect.raw_pixel_offset(path) is None
     else:  # MobileNetV2's (x - 127.5) / 127.5 is the input's quantization: the stored integer is the camera byte
         scale, zero_point = details["quantization"]
         assert scale == pytest.approx(1 / 127.5, rel=1e-6) and _ops_before_first_conv(path) == ["QUANTIZE"]
         offset = {"uint8": 0, "int8": -128}[input_type]
-        assert zero_point == 128 + offset and tflite.raw_pixel_offset(path) == offset
+        assert zero_point == 128 + offset and inspect.raw_pixel_offset(path) == offset
         assert inspect.tflite_summary(path)["input"]["feed"].startswith("raw RGB pixel bytes")
     for x in images, digits:  # raw pixels in, the Keras model's answers out, within the int8 budget
-        reference = models.predict_probs(trained_model, x)
+        reference = keras_probabilities(trained_model, x)
         check = validate(path, exporter, x, reference.argmax(1), reference)
         assert check.top1_agreement >= 0.95 and check.accuracy_drop_pp <= 5.0, check  # int8 rounding flips a few
     assert inspect.tflite_summary(path)["fully_integer"]
@@ -144,8 +145,8 @@ def test_int8_tflite_takes_raw_pixels_whatever_its_io_types(input_type, output_t
 def _bgr_caffe_model():
     """A tiny classifier behind ResNet50's preprocessing: BGR, per-channel means, no scaling."""
     keras.utils.set_random_seed(2)
-    inputs = keras.Input((SIZE, SIZE, 3), name=models.INPUT_NAME)
-    x = models.Preprocess((103.939, 116.779, 123.68), (1.0, 1.0, 1.0), "BGR", name=models.PREPROCESS_LAYER)(inputs)
+    inputs = keras.Input((SIZE, SIZE, 3), name=contract.INPUT_NAME)
+    x = layers.Preprocess((103.939, 116.779, 123.68), (1.0, 1.0, 1.0), "BGR", name=contract.PREPROCESS_LAYER)(inputs)
     x = keras.layers.Conv2D(8, 3, strides=2, activation="relu")(x)
     x = keras.layers.GlobalAveragePooling2D()(x)
     outputs = keras.layers.Dense(4, activation="softmax")(x)
@@ -157,15 +158,15 @@ def test_bgr_per_channel_normalization_is_not_folded_and_uint8_input_is_still_th
     assert folding.fold_normalization(resnet) is None
     model = _bgr_caffe_model()
     assert folding.fold_normalization(model) is None
-    exporter = exporters.get("tflite-int8")
+    exporter = convert.get("tflite-int8")
     path = tmp_path / f"bgr{exporter.suffix}"
     exporter.export(model, path, _context(images[:16], int8_input="uint8"))
     from ai_edge_litert.interpreter import Interpreter
 
     details = Interpreter(model_path=str(path)).get_input_details()[0]
     assert details["dtype"] == np.uint8 and details["quantization"] == (1.0, 0)
-    assert {"SUB", "MUL"} & set(_ops_before_first_conv(path)) and tflite.raw_pixel_offset(path) == 0
-    reference = models.predict_probs(model, images)
+    assert {"SUB", "MUL"} & set(_ops_before_first_conv(path)) and inspect.raw_pixel_offset(path) == 0
+    reference = keras_probabilities(model, images)
     check = validate(path, exporter, images, reference.argmax(1), reference)
     assert check.top1_agreement >= 0.9 and inspect.tflite_summary(path)["fully_integer"]
 
@@ -193,14 +194,14 @@ def test_qat_models_convert_to_full_integer_files_that_match_the_float_model(pre
     compression.initialize_ranges(qat, calibration)
     fold = folding.fold_normalization(qat)
     assert (fold.mean, fold.std) == (127.5, 127.5)
-    exporter = exporters.get("tflite-pruned-int8" if preserve_sparsity else "tflite-qat-int8")
+    exporter = convert.get("tflite-pruned-int8" if preserve_sparsity else "tflite-qat-int8")
     path = tmp_path / f"model{exporter.suffix}"
     exporter.export(qat, path, _context(calibration))
-    assert _ops_before_first_conv(path) == ["QUANTIZE"] and tflite.raw_pixel_offset(path) == 0
+    assert _ops_before_first_conv(path) == ["QUANTIZE"] and inspect.raw_pixel_offset(path) == 0
     summary = inspect.tflite_summary(path)
     assert summary["fully_integer"]
     # Held, like the pipeline holds it, against the float model it was made from.
-    reference = models.predict_probs(model, images)
+    reference = keras_probabilities(model, images)
     check = validate(path, exporter, images, reference.argmax(1), reference)
     assert check.top1_agreement >= 0.9 and check.passed, check.failures
     if preserve_sparsity:
@@ -225,13 +226,13 @@ def _onnx_ops_before_first_conv(path) -> list[str]:
 
 def test_onnx_int8_quantizes_raw_pixels_where_the_normalization_folds(trained_model, images, digits, calibration,
                                                                      tmp_path):
-    exporter = exporters.get("onnx-int8")
+    exporter = convert.get("onnx-int8")
     path = tmp_path / f"folded{exporter.suffix}"
     exporter.export(trained_model, path, _context(calibration))
     # The float input is still raw RGB pixels, but no Sub/Mul runs on it: the QuantizeLinear takes them.
     assert _onnx_ops_before_first_conv(path) == ["Transpose", "QuantizeLinear", "DequantizeLinear"]
     for x in images, digits:
-        reference = models.predict_probs(trained_model, x)
+        reference = keras_probabilities(trained_model, x)
         check = validate(path, exporter, x, reference.argmax(1), reference)
         assert check.top1_agreement >= 0.95 and check.accuracy_drop_pp <= 5.0, check  # int8 rounding flips a few
 
@@ -239,7 +240,7 @@ def test_onnx_int8_quantizes_raw_pixels_where_the_normalization_folds(trained_mo
     path = tmp_path / f"bgr{exporter.suffix}"
     exporter.export(bgr, path, _context(images[:16]))
     assert {"Sub", "Mul"} <= set(_onnx_ops_before_first_conv(path))
-    reference = models.predict_probs(bgr, images)
+    reference = keras_probabilities(bgr, images)
     assert validate(path, exporter, images, reference.argmax(1), reference).top1_agreement >= 0.9
 
 
@@ -255,7 +256,7 @@ def test_sparsity_is_read_from_the_file(fmt, calibration, tmp_path):
             values[rng.random(values.shape) < 0.5] = 0.0
             layer.kernel.assign(values)
     assert inspect.keras_sparsity(model) == pytest.approx(0.5, abs=0.01)
-    exporter = exporters.get(fmt)
+    exporter = convert.get(fmt)
     path = tmp_path / f"sparse{exporter.suffix}"
     exporter.export(model, path, _context(calibration))
     measured = inspect.tflite_summary(path)["sparsity"] if exporter.runtime == "litert" else inspect.onnx_sparsity(path)
@@ -263,7 +264,7 @@ def test_sparsity_is_read_from_the_file(fmt, calibration, tmp_path):
 
 
 def test_compare_holds_lossy_formats_to_an_accuracy_drop():
-    exporter = exporters.get("tflite-int8")
+    exporter = convert.get("tflite-int8")
     reference = np.eye(4, dtype=np.float32)[[0, 1, 2, 3] * 25]
     labels = reference.argmax(1)
     worse = reference.copy()
@@ -275,7 +276,7 @@ def test_compare_holds_lossy_formats_to_an_accuracy_drop():
 
 
 def test_compare_flags_disagreement_and_large_differences():
-    exporter = exporters.get("tflite-fp32")
+    exporter = convert.get("tflite-fp32")
     reference = np.eye(4, dtype=np.float32)[[0, 1, 2, 3] * 50]
     labels = reference.argmax(1)
     good = compare(reference + 1e-6, reference, labels, exporter)

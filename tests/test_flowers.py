@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from benchmarks.linear_probe import probe
+from pipeline.linear_probe import probe
 from pipeline import runner
 from pipeline.config import load_config
 from tests.conftest import REPO, needs_shared

@@ -10,6 +10,7 @@ import sys
 import numpy as np
 import pytest
 
+from core import splits
 from pipeline import data
 from pipeline.training import seed_everything
 from tests.conftest import REPO, write_config
@@ -38,7 +39,7 @@ def stored_split(tmp_path):
     path = tmp_path / "train.npz"
     with open(path, "wb") as fh:
         np.savez(fh, images=images, labels=labels)
-    mapped, mapped_labels = data.load_split(path, mmap=True)
+    mapped, mapped_labels = splits.load_split(path, mmap=True)
     return images, labels, mapped, mapped_labels
 
 
@@ -132,7 +133,7 @@ def test_disk_cache_left_by_a_killed_run_is_not_trusted(tmp_path):
 
 
 def test_train_throughput_measures_pipeline_and_training(tmp_path):
-    from benchmarks import train_throughput
+    from pipeline import train_throughput
 
     config = write_config(tmp_path / "tiny.yaml")
     # Forced on, as a GPU's auto would: the benchmark trains with the fine-tuning's own setup.
@@ -156,7 +157,7 @@ def test_train_throughput_measures_pipeline_and_training(tmp_path):
 
 
 def test_train_throughput_names_a_missing_config_in_one_sentence(tmp_path, capsys):
-    from benchmarks import train_throughput
+    from pipeline import train_throughput
 
     assert train_throughput.main(["--config", str(tmp_path / "missing.yaml")]) == 2
     err = capsys.readouterr().err.strip()
@@ -164,7 +165,7 @@ def test_train_throughput_names_a_missing_config_in_one_sentence(tmp_path, capsy
 
 
 def test_train_throughput_refuses_to_be_one_worker_of_several(tmp_path, monkeypatch, capsys):
-    from benchmarks import train_throughput
+    from pipeline import train_throughput
 
     config = write_config(tmp_path / "tiny.yaml", train={"distribute": "multi_worker"})
     monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"worker": ["127.0.0.1:1", "127.0.0.1:2"]},
@@ -177,8 +178,8 @@ def test_train_throughput_refuses_to_be_one_worker_of_several(tmp_path, monkeypa
 
 def test_switching_the_cache_retrains_but_does_not_decode_again(tmp_path):
     from pipeline.config import load_config
-    from pipeline.runner import stage_inputs
-    from pipeline.stages import all_stages
+    from pipeline.stamps import stage_inputs
+    from pipeline.runner import all_stages
 
     path = write_config(tmp_path / "tiny.yaml")
     memory, disk = (load_config(path, [f"data.cache={mode}"]) for mode in ("memory", "disk"))

@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import exporters
+from core import contract, layers
+from exporters import convert
 from exporters import inspect, metadata, tflite
 from exporters.runtimes import open_session
 from pipeline import models
@@ -41,12 +42,12 @@ EXPECTED_INPUT = {
 
 def _bgr_classifier():
     """Raw pixels -> caffe-style BGR preprocessing -> one convolution -> softmax: converts in a second or two."""
-    from pipeline.keras_compat import keras
+    from core.keras_compat import keras
 
     keras.utils.set_random_seed(3)
     mean, std, order = (103.939, 116.779, 123.68), (1.0,) * 3, "BGR"
-    inputs = keras.Input((SIZE, SIZE, 3), name=models.INPUT_NAME)
-    x = models.Preprocess(mean, std, order, name=models.PREPROCESS_LAYER)(inputs)
+    inputs = keras.Input((SIZE, SIZE, 3), name=contract.INPUT_NAME)
+    x = layers.Preprocess(mean, std, order, name=contract.PREPROCESS_LAYER)(inputs)
     x = keras.layers.Conv2D(8, 3, strides=2, activation="relu")(x)
     x = keras.layers.GlobalAveragePooling2D()(x)
     outputs = keras.layers.Dense(len(LABELS), activation="softmax")(x)
@@ -55,7 +56,7 @@ def _bgr_classifier():
 
 @pytest.fixture(scope="session")
 def test_digits(tiny_build) -> np.ndarray:
-    from pipeline.data import load_split
+    from core.splits import load_split
 
     cfg, _ = tiny_build
     return load_split(cfg.build_root / "data/test.npz")[0][:32].astype(np.float32)
@@ -66,20 +67,20 @@ def exported(tmp_path_factory, worker_id, tiny_build) -> dict[str, Path]:
     """Each kind of file the exporters write, without metadata: from the tiny build's trained MobileNetV2
     (its normalization folds into the int8 input), and from a BGR model whose normalization does not.
     Made once per session, by whichever pytest-xdist worker needs them first."""
-    from pipeline.data import load_split
-    from pipeline.stages.finetune import load_model
+    from core.splits import load_split
+    from core.loader import load_classifier as load_model
 
     cfg, _ = tiny_build
     with SharedFolder(tmp_path_factory, worker_id, "exported") as shared:
         root = shared.path
-        files = {name: root / f"{name}{exporters.get(spec[0]).suffix}" for name, spec in FILES.items()}
+        files = {name: root / f"{name}{convert.get(spec[0]).suffix}" for name, spec in FILES.items()}
         if not shared.ready:
             calibration = load_split(cfg.build_root / "data/train.npz")[0][:64].astype(np.float32)
             built = {"mobilenet": load_model(cfg.build_root / "finetune/model.keras"), "bgr": _bgr_classifier()}
             for name, (fmt, int8_input, int8_output, kind) in FILES.items():
-                ctx = exporters.ExportContext(image_size=SIZE, onnx_opset=17, calibration_images=calibration,
+                ctx = convert.ExportContext(image_size=SIZE, onnx_opset=17, calibration_images=calibration,
                                               int8_input=int8_input, int8_output=int8_output)
-                exporters.get(fmt).export(built[kind], files[name], ctx)
+                convert.get(fmt).export(built[kind], files[name], ctx)
             shared.done()
     return files
 
@@ -176,7 +177,7 @@ def test_adding_metadata_leaves_litert_outputs_bit_identical(name, exported, inf
         session = open_session(path, "litert")
         outputs.append(session.invoke(session.prepare(images)))
     assert outputs[0].dtype == outputs[1].dtype and np.array_equal(outputs[0], outputs[1])
-    assert tflite.raw_pixel_offset(after) == tflite.raw_pixel_offset(before)
+    assert inspect.raw_pixel_offset(after) == inspect.raw_pixel_offset(before)
     summary_before, summary_after = inspect.tflite_summary(before), inspect.tflite_summary(after)
     assert summary_after == summary_before
 

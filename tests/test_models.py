@@ -5,10 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from core import contract
 from pipeline import models
 from pipeline.config import ModelConfig
-from pipeline.errors import WeightsError
-from pipeline.keras_compat import keras
+from core.errors import WeightsError
+from core.keras_compat import keras
 from tests.conftest import MOBILENET_WEIGHTS, needs_shared
 
 
@@ -28,14 +29,14 @@ def test_classifier_is_flat_with_head_on_base_output(backbone):
 
 
 def test_mobilenet_preprocessing_maps_pixels_to_minus_one_one(tiny_mobilenet):
-    layer = tiny_mobilenet.get_layer(models.PREPROCESS_LAYER)
+    layer = tiny_mobilenet.get_layer(contract.PREPROCESS_LAYER)
     out = layer(np.array([[[[0.0, 127.5, 255.0]]]], np.float32)).numpy()
     assert np.allclose(out, [-1.0, 0.0, 1.0])
 
 
 def test_resnet_preprocessing_is_caffe_bgr():
     model = models.build_classifier(ModelConfig(backbone="resnet50", weights="none"), 2, 32)
-    out = model.get_layer(models.PREPROCESS_LAYER)(np.array([[[[10.0, 20.0, 30.0]]]], np.float32)).numpy()
+    out = model.get_layer(contract.PREPROCESS_LAYER)(np.array([[[[10.0, 20.0, 30.0]]]], np.float32)).numpy()
     assert np.allclose(out, [30 - 103.939, 20 - 116.779, 10 - 123.68])
 
 

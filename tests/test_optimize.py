@@ -5,10 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from core import contract, layers
+from exporters.runtimes import keras_probabilities
 from pipeline import compression, models
 from pipeline.config import ModelConfig
-from pipeline.errors import ConfigError
-from pipeline.keras_compat import keras
+from core.errors import ConfigError
+from core.keras_compat import keras
 
 SIZE = 32
 
@@ -73,7 +75,7 @@ def test_pruning_zeroes_conv_and_dense_kernels_and_strips_the_wrappers(model, pr
 def test_only_sparsity_preserving_qat_keeps_the_zeros(pruned, preserve):
     qat = compression.quantize_aware(pruned, preserve_sparsity=preserve)
     # The custom preprocessing layer stays as it is; everything after it is wrapped.
-    assert type(qat.get_layer(models.PREPROCESS_LAYER)) is models.Preprocess
+    assert type(qat.get_layer(contract.PREPROCESS_LAYER)) is layers.Preprocess
     assert qat.get_layer("quant_Conv1") is not None
     x, y = _data()
     qat.compile(keras.optimizers.Adam(1e-2), "sparse_categorical_crossentropy")
@@ -125,7 +127,7 @@ def test_distillation_loss_is_cross_entropy_plus_kl_to_the_teacher(model):
     combined = with_teacher(model, teacher)
     assert combined.output_shape == (None, 8) and not teacher.trainable
     x, y = _data(16)
-    probs = models.predict_probs(model, x)
+    probs = keras_probabilities(model, x)
     cross_entropy = float(np.mean(-np.log(probs[np.arange(16), y])))
     for weight in (0.0, 0.5, 1.0):
         compile_distillation(combined, 1e-3, 1, 1, TrainConfig(label_smoothing=0.0), 4, weight)

@@ -6,10 +6,11 @@ import json
 
 import pytest
 
-from exporters.tflite import TFLiteFP32, TFLiteInt8
+from exporters import tflite
+from exporters.registry import TFLiteFP32, TFLiteInt8
 from pipeline import runner
 from pipeline.config import load_config
-from pipeline.errors import BudgetError, ExportError
+from core.errors import BudgetError, ExportError
 from tests.conftest import SALTED_MAX_PIXELS, TINY_SECTIONS, copy_build, run_cli, write_config
 
 RESULT_KEYS = {"name", "format", "file", "bytes", "gzip_bytes", "accuracy", "validation", "runtime", "precision",
@@ -111,7 +112,7 @@ def test_a_format_whose_converter_fails_is_named_and_the_others_are_published(tm
 
     cfg, path = copy_build(tiny_build, tmp_path, export={"formats": ["keras", "tflite-fp32", "onnx-fp32"],
                                                          "latency_runs": 0})
-    monkeypatch.setattr(TFLiteFP32, "export", refuse)
+    monkeypatch.setattr(tflite.TFLiteFP32, "export", refuse)
     with pytest.raises(ExportError) as err:
         runner.run(cfg, str(path))
     message = str(err.value)

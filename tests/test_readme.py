@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import exporters
+from exporters import registry
 from tests.conftest import REPO
 
 
@@ -13,7 +13,7 @@ def test_readme_format_table_matches_registry():
     rows = table.splitlines()[2:]
     expected = [
         f"| `{r['format']}` | {r['runtime']} | {r['precision']} | `{r['file']}` | {r['budget']} | {r['description']} |"
-        for r in exporters.table()
+        for r in registry.table()
     ]
     assert rows == expected
 

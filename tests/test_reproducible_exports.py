@@ -12,12 +12,12 @@ import hashlib
 
 import numpy as np
 
-import exporters
+from exporters import convert
 from pipeline import models
 from pipeline.config import ModelConfig
-from pipeline.data import load_split
-from pipeline.keras_compat import keras, tf
-from pipeline.stages.finetune import load_model
+from core.splits import load_split
+from core.keras_compat import keras, tf
+from core.loader import load_classifier as load_model
 
 FORMATS = ["tflite-fp32", "tflite-int8", "onnx-fp32", "onnx-int8"]
 
@@ -26,7 +26,7 @@ def _export_all(model, ctx, folder) -> dict[str, str]:
     folder.mkdir()
     digests = {}
     for fmt in FORMATS:
-        exporter = exporters.get(fmt)
+        exporter = convert.get(fmt)
         path = folder / f"model{exporter.suffix}"
         exporter.export(model, path, ctx)
         digests[fmt] = hashlib.sha256(path.read_bytes()).hexdigest()
@@ -41,8 +41,8 @@ def _meanwhile(round_: int, images, labels, tmp_path) -> None:
     other = models.build_classifier(ModelConfig(alpha=0.35, weights="none", dropout=0.0), 4, 32)
     other.compile(keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy")
     other.fit(images[:64], labels[:64] % 4, epochs=1, batch_size=32, verbose=0)
-    ctx = exporters.ExportContext(image_size=32, onnx_opset=17, calibration_images=images[:8])
-    exporters.get("tflite-int8").export(other, tmp_path / f"other_{round_}_int8.tflite", ctx)
+    ctx = convert.ExportContext(image_size=32, onnx_opset=17, calibration_images=images[:8])
+    convert.get("tflite-int8").export(other, tmp_path / f"other_{round_}_int8.tflite", ctx)
     # tf2onnx in this process, as a user's own code would call it: its name counter moves on.
     spec = (tf.TensorSpec((None, 32, 32, 3), tf.float32, name="image"),)
     tf2onnx.convert.from_keras(other, input_signature=spec, opset=17)
@@ -55,7 +55,7 @@ def test_three_exports_in_one_process_with_work_between_them_give_the_same_bytes
     cfg, _ = tiny_build
     model = load_model(cfg.build_root / "finetune/model.keras")
     images, labels = load_split(cfg.build_root / "data/train.npz")
-    ctx = exporters.ExportContext(image_size=32, onnx_opset=17, calibration_images=images[:100].astype(np.float32))
+    ctx = convert.ExportContext(image_size=32, onnx_opset=17, calibration_images=images[:100].astype(np.float32))
     rounds = []
     for round_ in range(3):
         rounds.append(_export_all(model, ctx, tmp_path / f"round_{round_}"))

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import runner
+from pipeline import stamps
 from pipeline.config import load_config
 from tests.conftest import REPO, write_config
 
@@ -155,7 +155,7 @@ def test_resumed_runs_train_as_an_uninterrupted_run_would(stopped_runs):
     uninterrupted run does (the weights, the optimizer and its schedule, the
     shuffle order).
     """
-    from pipeline.stages.finetune import load_model
+    from core.loader import load_classifier as load_model
 
     runs = [stopped_runs(name) for name in SCENARIOS]
     histories = [json.loads((r.root / "finetune/history.json").read_text()) for r in runs]
@@ -167,7 +167,7 @@ def test_resumed_runs_train_as_an_uninterrupted_run_would(stopped_runs):
 
 @pytest.mark.parametrize("change", ["train.head_lr=0.02", "data file", "unreadable"])
 def test_checkpoint_from_other_inputs_is_discarded(tmp_path, caplog, change):
-    from pipeline.keras_compat import keras
+    from core.keras_compat import keras
     from pipeline.resume import TrainingCheckpoint
     from pipeline.stages import finetune
 
@@ -179,7 +179,7 @@ def test_checkpoint_from_other_inputs_is_discarded(tmp_path, caplog, change):
     directory = cfg.build_root / "finetune/checkpoint"
 
     def checkpoint(cfg):
-        return TrainingCheckpoint(directory, runner.stage_inputs(finetune.STAGE, cfg, cfg.build_root), "finetune")
+        return TrainingCheckpoint(directory, stamps.stage_inputs(finetune.STAGE, cfg, cfg.build_root), "finetune")
 
     model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
     checkpoint(cfg).save({"phase": "head", "epoch": 1}, {"model": model}, {})

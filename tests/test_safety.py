@@ -7,14 +7,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline.config import load_config
-from pipeline.errors import DataError
+from core.errors import DataError
 from tests.conftest import write_config
 
 
 def test_a_keras_file_with_python_code_is_refused_and_the_code_does_not_run(tmp_path):
     """safe_mode: a Lambda layer's Python bytecode in a .keras file is not deserialized, so it cannot run."""
-    from pipeline.keras_compat import keras
-    from pipeline.stages.finetune import load_model
+    from core.keras_compat import keras
+    from core.loader import load_classifier as load_model
 
     marker = tmp_path / "code-ran"
 

@@ -12,7 +12,7 @@ from PIL import Image
 
 from pipeline import data
 from pipeline.config import load_config
-from pipeline.errors import DataError
+from core.errors import DataError
 from tests.conftest import FLOWERS, SALTED_MAX_PIXELS, needs_shared, write_config
 
 DATA_ONLY = {"formats": ["keras"], "latency_runs": 0}

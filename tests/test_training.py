@@ -9,7 +9,7 @@ from pipeline.training import seed_everything
 
 
 def _train_once(images: np.ndarray, labels: np.ndarray) -> list[np.ndarray]:
-    from pipeline.keras_compat import keras
+    from core.keras_compat import keras
 
     seed_everything(11)
     ds = data.make_dataset(images, labels, 8, training=True, augment=("horizontal_flip", "crop", "brightness",

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from pipeline import weights
-from pipeline.errors import WeightsError
+from core.errors import WeightsError
 from tests.conftest import MOBILENET_WEIGHTS, needs_shared, run_cli, write_config
 
 DEAD_PROXY = "http://127.0.0.1:9"  # a download through it fails at once, network or not

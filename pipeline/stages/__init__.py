@@ -1,8 +1,9 @@
-"""Stages, in the order data flows through them.
+"""Stages, in the order data flows through them (``pipeline.runner.all_stages``).
 
-Each stage module declares ``STAGE`` (what it reads, writes and which config
+Each stage module declares ``STAGE`` (what it reads and writes, and which config
 sections it depends on) and one ``run(cfg, ctx)``. The runner skips a stage
-whose stamp still matches, like ``dvc.yaml`` + ``dvc.lock``.
+whose stamp still matches, like ``dvc.yaml`` + ``dvc.lock``; the code a stamp
+holds is the stage module's import closure (``pipeline.stamps``).
 """
 
 from __future__ import annotations
@@ -14,13 +15,15 @@ from typing import Callable, Optional
 @dataclass(frozen=True)
 class Stage:
     name: str
-    deps: tuple[str, ...]  # files under build/<name>/ that earlier stages wrote
+    module: str  # the module that defines run(): its import closure is the stage's code
+    deps: tuple[str, ...]  # files under build/<name>/ that earlier stages wrote (core.layout)
+    outs: tuple[str, ...]  # files under build/<name>/ it may write (core.layout); the stamp records those written
     params: tuple[str, ...]  # config sections the stage reads
-    code: tuple[str, ...]  # modules whose source is part of the stamp
-    # Files it writes are recorded by the stage itself through ctx.record_output(...).
     external_inputs: Optional[Callable] = field(default=None)  # cfg -> fingerprint of data outside build/
     # cfg -> more deps that depend on the config (e.g. the optimized models export reads).
     extra_deps: Optional[Callable] = field(default=None)
+    # cfg -> more outs that depend on the config (e.g. one file per format in export.formats).
+    extra_outs: Optional[Callable] = field(default=None)
     # cfg -> {"key (what it means)": JSON-able value}: settings outside ``params``
     # that change what the stage makes; hashed into its stamp like a section.
     derived_params: Optional[Callable] = field(default=None)
@@ -34,9 +37,5 @@ class Stage:
     def dependencies(self, cfg) -> tuple[str, ...]:
         return self.deps + (tuple(self.extra_deps(cfg)) if self.extra_deps else ())
 
-
-def all_stages():
-    """(Stage, run) pairs in order; imported lazily so `import pipeline` stays cheap."""
-    from pipeline.stages import bench, data, export, finetune, optimize
-
-    return [(m.STAGE, m.run) for m in (data, finetune, optimize, export, bench)]
+    def outputs(self, cfg) -> tuple[str, ...]:
+        return self.outs + (tuple(self.extra_outs(cfg)) if self.extra_outs else ())

@@ -11,8 +11,11 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from benchmarks import report
+from benchmarks.run import benchmark, reference_files
+from core import layout
+from core.io import sha256_file
 from pipeline.config import Config
-from pipeline.io import sha256_file
 from pipeline.stages import Stage
 
 log = logging.getLogger("pipeline")
@@ -20,8 +23,6 @@ log = logging.getLogger("pipeline")
 
 def _inputs(cfg: Config) -> dict:
     """The targets file and the reference models are outside build/: their bytes are part of the stamp."""
-    from benchmarks.run import reference_files
-
     def digest(path: Path):
         return sha256_file(path) if path.is_file() else None
 
@@ -38,22 +39,18 @@ def _not_needed(cfg: Config):
 
 STAGE = Stage(
     name="bench",
-    deps=("export/results.json", "data/test.npz", "finetune/model.keras"),
+    module=__name__,
+    deps=(layout.EXPORT_RESULTS, layout.split("test"), layout.MODEL),
+    outs=(layout.BENCH_RESULTS,),
     params=("benchmark",),
     external_inputs=_inputs,
     not_needed=_not_needed,
-    code=("pipeline.stages.bench", "benchmarks.run", "benchmarks.latency", "benchmarks.worker", "benchmarks.inputs",
-          "benchmarks.memory", "benchmarks.accuracy", "benchmarks.efficiency", "benchmarks.targets",
-          "exporters.runtimes"),
 )
 
 
 def run(cfg: Config, ctx) -> None:
-    from benchmarks import report
-    from benchmarks.run import benchmark
-
     results = benchmark(cfg, ctx.root)
-    ctx.record_output(ctx.path("bench/results.json"))
+    ctx.record_output(ctx.path(layout.BENCH_RESULTS))
     # The report is derived from results.json and re-rendered by `make report`: not a recorded output.
-    paths = report.render(results, ctx.path("report"))
+    paths = report.render(results, ctx.path(layout.REPORT))
     log.info("[bench] report: %s", ", ".join(str(p) for p in paths))

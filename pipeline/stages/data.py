@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from pathlib import Path
 
 import numpy as np
 
+from core import layout
+from core.io import atomic_path, write_json, write_text
+from core.layout import SPLITS
 from pipeline import data
 from pipeline.config import Config
-from pipeline.io import atomic_path, write_json, write_text
 from pipeline.stages import Stage
 
 log = logging.getLogger("pipeline")
-
-SPLITS = ("train", "val", "test")
 
 
 def _source_fingerprint(cfg: Config) -> str:
@@ -29,9 +28,10 @@ def _source_fingerprint(cfg: Config) -> str:
 
 STAGE = Stage(
     name="data",
+    module=__name__,
     deps=(),
+    outs=(*(layout.split(name) for name in SPLITS), layout.LABELS, layout.SPLIT_INDEX, layout.SCAN),
     params=("data",),
-    code=("pipeline.stages.data", "pipeline.data"),
     external_inputs=_source_fingerprint,
     # Where training caches the splits does not change them: switching it does not decode again.
     ignores=("data.cache",),
@@ -67,13 +67,13 @@ def run(cfg: Config, ctx) -> None:
                                     {"val": cfg.data.val_fraction, "test": cfg.data.test_fraction})
     for name in SPLITS:
         idx = split[name]
-        out = ctx.path(f"data/{name}.npz")
+        out = ctx.path(layout.split(name))
         with atomic_path(out) as tmp:
             with open(tmp, "wb") as fh:
                 np.savez(fh, images=images[idx], labels=labels[idx])
         ctx.record_output(out)
 
-    labels_txt = ctx.path("data/labels.txt")
+    labels_txt = ctx.path(layout.LABELS)
     write_text(labels_txt, "".join(f"{n}\n" for n in class_names))
     ctx.record_output(labels_txt)
 
@@ -85,7 +85,7 @@ def run(cfg: Config, ctx) -> None:
         "counts": {name: np.bincount(labels[split[name]], minlength=len(class_names)).tolist() for name in SPLITS},
         "files": {name: [files[i] for i in split[name]] for name in SPLITS},
     }
-    split_json = ctx.path("data/split.json")
+    split_json = ctx.path(layout.SPLIT_INDEX)
     write_json(split_json, summary)
     ctx.record_output(split_json)
 
@@ -99,7 +99,7 @@ def run(cfg: Config, ctx) -> None:
         "cross_class_duplicates": sum(g["cross_class"] for g in duplicates),
         "cross_split_duplicates": sum(g["cross_split"] for g in duplicates),
     }
-    scan_json = ctx.path("data/scan.json")
+    scan_json = ctx.path(layout.SCAN)
     write_json(scan_json, scan)
     ctx.record_output(scan_json)
 
@@ -120,7 +120,3 @@ def run(cfg: Config, ctx) -> None:
                                 if flag)
             log.warning("[data] byte-identical images across %s: %s", what,
                         ", ".join(f"{f['file']} ({f['split']})" for f in group["files"]))
-
-
-def read_labels(root: Path) -> list[str]:
-    return (root / "data/labels.txt").read_text(encoding="utf-8").splitlines()

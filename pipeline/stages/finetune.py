@@ -24,25 +24,27 @@ from typing import Optional
 
 import numpy as np
 
+from core import layout
+from core.io import atomic_path, write_json
+from core.keras_compat import keras, tf
+from core.layout import read_labels
+from core.splits import load_split
 from pipeline import data, distribution, interrupt, models, precision
 from pipeline.config import Config
 from pipeline.interrupt import Interrupted, StopRequest
-from pipeline.io import atomic_path, write_json
-from pipeline.keras_compat import keras, tf
 from pipeline.resume import TrainingCheckpoint
 from pipeline.stages import Stage
-from pipeline.stages.data import read_labels
 from pipeline.training import compile_model, seed_everything
 
 log = logging.getLogger("pipeline")
 
 STAGE = Stage(
     name="finetune",
-    deps=("data/train.npz", "data/val.npz", "data/labels.txt"),
+    module=__name__,
+    deps=(layout.split("train"), layout.split("val"), layout.LABELS),
+    outs=(layout.MODEL, layout.HISTORY),
     # data too: augmentation and the shuffle seed live there.
     params=("data", "model", "train"),
-    code=("pipeline.stages.finetune", "pipeline.training", "pipeline.models", "pipeline.data", "pipeline.resume",
-          "pipeline.distribution", "pipeline.precision"),
     collective=True,
 )
 PHASES = ("head", "fine_tune")
@@ -190,11 +192,11 @@ def datasets(cfg: Config, root: Path, batch_size: int):
     """The training and validation datasets fine-tuning reads, and the two splits' sizes.
 
     ``batch_size`` is the global batch (``train.batch_size`` times the replicas);
-    the optimize stage and ``benchmarks.train_throughput`` read the same datasets.
+    the optimize stage and ``pipeline.train_throughput`` read the same datasets.
     """
-    x_train, y_train = data.load_split(root / "data/train.npz", mmap=True)
-    x_val, y_val = data.load_split(root / "data/val.npz", mmap=True)
-    batch, cache = batch_size, dict(cache=cfg.data.cache, cache_dir=root / "cache")
+    x_train, y_train = load_split(root / layout.split("train"), mmap=True)
+    x_val, y_val = load_split(root / layout.split("val"), mmap=True)
+    batch, cache = batch_size, dict(cache=cfg.data.cache, cache_dir=root / layout.CACHE)
     train_ds = data.make_dataset(x_train, y_train, batch, training=True, augment=cfg.data.augment,
                                  seed=cfg.data.seed, label="train", **cache)
     val_ds = data.make_dataset(x_val, y_val, batch, training=False, label="val", **cache)
@@ -202,7 +204,7 @@ def datasets(cfg: Config, root: Path, batch_size: int):
 
 
 def build_model(cfg: Config, num_classes: int) -> keras.Model:
-    """The classifier as fine-tuning starts from it (``benchmarks.train_throughput`` trains the same)."""
+    """The classifier as fine-tuning starts from it (``pipeline.train_throughput`` trains the same)."""
     model = models.build_classifier(cfg.model, num_classes, cfg.data.image_size)
     if cfg.train.batchnorm_momentum is not None:
         models.set_batchnorm_momentum(model, cfg.train.batchnorm_momentum)
@@ -229,11 +231,11 @@ def run(cfg: Config, ctx) -> None:
         log.warning("[finetune] model.weights is 'none' but part of the backbone or its BatchNorm stays frozen; "
                     "training from scratch needs train.fine_tune_at: 1.0, train.freeze_batchnorm: false and "
                     "train.batchnorm_momentum: 0.9 (as in configs/quickstart.yaml)")
-    checkpoint = TrainingCheckpoint(ctx.path("finetune/checkpoint"), ctx.inputs, "finetune",
+    checkpoint = TrainingCheckpoint(ctx.path(layout.FINETUNE_CHECKPOINT), ctx.inputs, "finetune",
                                     setup.describe(t.batch_size))
     if setup.multi_worker:
         # Every worker resumes from the chief's checkpoint, or none does: they train in lockstep.
-        setup.share_folder(ctx.root, "finetune/checkpoint")
+        setup.share_folder(ctx.root, layout.FINETUNE_CHECKPOINT)
     saved = checkpoint.load()
     started = time.time()
     steps = int(np.ceil(n_train / batch))
@@ -286,11 +288,11 @@ def run(cfg: Config, ctx) -> None:
     if setup.multi_worker:
         setup.check_same(digest, "trained weights")
 
-    out = ctx.path("finetune/model.keras")
+    out = ctx.path(layout.MODEL)
     with atomic_path(out) as tmp:
         model.save(tmp)  # tmp keeps the .keras suffix that Keras picks the format by
     ctx.record_output(out)
-    history = ctx.path("finetune/history.json")
+    history = ctx.path(layout.HISTORY)
     write_json(history, {
         "head": training.history["head"], "fine_tune": training.history["fine_tune"], "unfrozen_layers": unfrozen,
         "best_val_accuracy": None if best.weights is None else float(best.best),
@@ -307,8 +309,3 @@ def weights_digest(model) -> str:
     for weight in model.get_weights():
         digest.update(np.ascontiguousarray(weight).tobytes())
     return digest.hexdigest()
-
-
-def load_model(path) -> keras.Model:
-    # safe_mode: a .keras file cannot run arbitrary code (Lambda layers) when loaded.
-    return keras.models.load_model(path, compile=False, safe_mode=True)

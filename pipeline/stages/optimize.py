@@ -29,39 +29,28 @@ import time
 
 import numpy as np
 
-from exporters import registry
-from pipeline import compression, data, distribution
+from core import layout
+from core.io import atomic_path, write_json
+from core.layout import read_labels
+from core.loader import load_classifier
+from core.splits import load_split
+from pipeline import compression, distribution
 from pipeline.config import Config
-from pipeline.io import atomic_path, write_json
-from pipeline.stages import Stage
-from pipeline.stages.data import read_labels
-from pipeline.stages.finetune import datasets, load_model
 from pipeline.distillation import compile_distillation, with_teacher
+from pipeline.stages import Stage
+from pipeline.stages.finetune import datasets
+from pipeline.trained import needed_models, outputs_for
 from pipeline.training import compile_model, seed_everything
 
 log = logging.getLogger("pipeline")
 
-# What each optimized model leaves in build/<name>/optimize/.
-OUTPUTS = {
-    "qat": ("optimize/qat_weights.h5",),
-    "pruned-qat": ("optimize/pruned.keras", "optimize/pruned_qat_weights.h5"),
-}
-
-
-def needed_models(cfg: Config) -> list[str]:
-    return sorted(registry.sources(cfg.export.formats) - {"finetune"})
-
-
-def outputs_for(cfg: Config) -> tuple[str, ...]:
-    return tuple(rel for model in needed_models(cfg) for rel in OUTPUTS[model])
-
-
 STAGE = Stage(
     name="optimize",
-    deps=("finetune/model.keras", "data/train.npz", "data/val.npz", "data/labels.txt"),
+    module=__name__,
+    deps=(layout.MODEL, layout.split("train"), layout.split("val"), layout.LABELS),
+    outs=(layout.OPTIMIZE_REPORT,),
+    extra_outs=outputs_for,
     params=("data", "model", "train", "optimize"),
-    code=("pipeline.stages.optimize", "pipeline.compression", "pipeline.distillation", "pipeline.stages.finetune",
-          "pipeline.training", "pipeline.models", "pipeline.data", "pipeline.distribution"),
     derived_params=lambda cfg: {"export.formats (models to optimize)": needed_models(cfg)},
     not_needed=lambda cfg: None if needed_models(cfg) else "no format in export.formats reads a pruned or QAT model",
     collective=True,
@@ -124,7 +113,7 @@ def run(cfg: Config, ctx) -> None:
     t, o = cfg.train, cfg.optimize
     batch = setup.global_batch(t.batch_size)
     train_ds, val_ds, n_train, _ = datasets(cfg, ctx.root, batch)
-    x_train, _ = data.load_split(ctx.path("data/train.npz"), mmap=True)
+    x_train, _ = load_split(ctx.path(layout.split("train")), mmap=True)
     steps = int(np.ceil(n_train / batch))
     log.info("[optimize] training on %s", setup.summary(t.batch_size))
     if setup.mixed_precision or setup.jit_compile:
@@ -134,7 +123,7 @@ def run(cfg: Config, ctx) -> None:
                     "training": {**setup.describe(t.batch_size), "mixed_precision": False, "jit_compile": False}}
     with setup.strategy.scope():
         _optimize(cfg, ctx, setup, report, x_train, train_ds, val_ds, steps)
-    path = ctx.path("optimize/report.json")
+    path = ctx.path(layout.OPTIMIZE_REPORT)
     write_json(path, report)
     ctx.record_output(path)
 
@@ -146,14 +135,14 @@ def _optimize(cfg: Config, ctx, setup, report: dict, x_train, train_ds, val_ds, 
     range_batch = x_train[np.random.default_rng(cfg.data.seed).permutation(len(x_train))[:t.batch_size]]
     started = time.time()
     # The fine-tuned model, frozen: the teacher when optimize.distill_weight > 0.
-    teacher = load_model(ctx.path("finetune/model.keras")) if o.distill_weight else None
+    teacher = load_classifier(ctx.path(layout.MODEL)) if o.distill_weight else None
 
     shared = dict(cfg=cfg, ctx=ctx, teacher=teacher, range_batch=range_batch, steps=steps, train_ds=train_ds,
                   val_ds=val_ds, setup=setup)
 
     if "pruned-qat" in report["models"]:
         phase_start = time.time()
-        base = load_model(ctx.path("finetune/model.keras"))
+        base = load_classifier(ctx.path(layout.MODEL))
         _prepare(base, cfg)
         schedule = compression.pruning_schedule(o.prune.target_sparsity, steps * o.prune.epochs, o.prune.ramp_fraction)
         pruning = compression.apply_pruning(base, schedule, o.prune.exclude)
@@ -164,12 +153,12 @@ def _optimize(cfg: Config, ctx, setup, report: dict, x_train, train_ds, val_ds, 
         sparsity = compression.overall_sparsity(pruned)
         log.info("[optimize] pruned: %.2f%% of prunable weights are zero (target %.0f%%)", 100 * sparsity,
                  100 * o.prune.target_sparsity)
-        out = ctx.path("optimize/pruned.keras")
+        out = ctx.path(layout.PRUNED_MODEL)
         with atomic_path(out) as tmp:
             pruned.save(tmp)
         ctx.record_output(out)
 
-        pqat, pqat_val = _quantization_aware_training(pruned, True, "optimize/pruned_qat_weights.h5", **shared)
+        pqat, pqat_val = _quantization_aware_training(pruned, True, layout.PRUNED_QAT_WEIGHTS, **shared)
         report["pruning"] = {
             "target_sparsity": o.prune.target_sparsity, "epochs": o.prune.epochs, "excluded": list(o.prune.exclude),
             "schedule": {"end_step": int(schedule.end_step), "frequency": int(schedule.frequency),
@@ -182,21 +171,8 @@ def _optimize(cfg: Config, ctx, setup, report: dict, x_train, train_ds, val_ds, 
 
     if "qat" in report["models"]:
         phase_start = time.time()
-        base = load_model(ctx.path("finetune/model.keras"))
-        _, qat_val = _quantization_aware_training(base, False, "optimize/qat_weights.h5", **shared)
+        base = load_classifier(ctx.path(layout.MODEL))
+        _, qat_val = _quantization_aware_training(base, False, layout.QAT_WEIGHTS, **shared)
         report["qat"] = {"epochs": o.qat.epochs, "val_accuracy": qat_val, "seconds": round(time.time() - phase_start, 1)}
 
     report["seconds"] = round(time.time() - started, 1)
-
-
-def load_optimized(ctx_root, source: str):
-    """The trained model an exporter with ``source`` converts (see OUTPUTS)."""
-    if source == "finetune":
-        return load_model(ctx_root / "finetune/model.keras")
-    if source == "qat":
-        return compression.load_quantize_aware(load_model(ctx_root / "finetune/model.keras"),
-                                               ctx_root / "optimize/qat_weights.h5")
-    if source == "pruned-qat":
-        return compression.load_quantize_aware(load_model(ctx_root / "optimize/pruned.keras"),
-                                               ctx_root / "optimize/pruned_qat_weights.h5", preserve_sparsity=True)
-    raise ValueError(f"unknown model source {source!r}")

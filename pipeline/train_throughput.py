@@ -15,7 +15,7 @@ the wait for data. Here the train function fetches the batch in Python, timed,
 then runs the rest of Keras's step compiled; a callback adds the waits up
 against the time from one batch's end to the next one's end (the step time).
 
-    python -m benchmarks.train_throughput --config configs/flowers.yaml [--epochs 3] [--steps 40]
+    python -m pipeline.train_throughput --config configs/flowers.yaml [--epochs 3] [--steps 40]
 """
 
 from __future__ import annotations
@@ -29,7 +29,8 @@ import time
 
 import numpy as np
 
-from pipeline.keras_compat import keras
+from core import layout
+from core.keras_compat import keras
 
 # What the timed train function adds to each step's logs.
 WAIT_KEY, IMAGES_KEY = "data_wait_s", "batch_images"
@@ -45,7 +46,7 @@ def timed_train_function(model, element_spec):
     compiled rest of Keras's step: ``train_step`` under the model's distribution
     strategy, with XLA when the model was compiled with it.
     """
-    from pipeline.keras_compat import tf
+    from core.keras_compat import tf
 
     def make_train_function(force=False):
         if model.train_function is not None and not force:
@@ -162,7 +163,7 @@ def _rate(rows: list[dict]) -> float | None:
 
 
 def _device() -> str:
-    from pipeline.keras_compat import tf
+    from core.keras_compat import tf
 
     gpus = tf.config.list_physical_devices("GPU")
     if gpus:
@@ -172,11 +173,12 @@ def _device() -> str:
 
 
 def measure(cfg, config_source: str, epochs: int, steps: int | None, phase: str, overrides=()) -> dict:
+    from core.errors import ConfigError
+    from core.keras_compat import tf
+    from core.layout import read_labels
+    from core.splits import load_split
     from pipeline import data, distribution, models, precision, runner
-    from pipeline.errors import ConfigError
-    from pipeline.keras_compat import tf
     from pipeline.stages import finetune
-    from pipeline.stages.data import read_labels
     from pipeline.training import compile_model, seed_everything
 
     if distribution.wants_multi_worker(t := cfg.train):
@@ -201,7 +203,7 @@ def measure(cfg, config_source: str, epochs: int, steps: int | None, phase: str,
         compile_model(model, setup.lr(lr), epochs, steps or split_steps, t, jit_compile=setup.jit_compile)
         training = training_epochs(model, train_ds, epochs, steps)
 
-    x_train, _ = data.load_split(root / "data/train.npz", mmap=True)
+    x_train, _ = load_split(root / layout.split("train"), mmap=True)
     pipeline_rate, training_rate = _rate(pipeline), _rate(training)
     steady = training[1:] or training
     return {
@@ -244,10 +246,10 @@ def table(result: dict) -> str:
 
 def main(argv=None) -> int:
     from pipeline.config import load_config
-    from pipeline.errors import PipelineError
-    from pipeline.io import write_json
+    from core.errors import PipelineError
+    from core.io import write_json
 
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.train_throughput", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m pipeline.train_throughput", description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default="configs/quickstart.yaml")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
     parser.add_argument("--epochs", type=int, default=3, help="epochs of each measurement (default 3)")
@@ -265,7 +267,7 @@ def main(argv=None) -> int:
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
-    out = cfg.build_root / "bench/train_throughput.json"
+    out = cfg.build_root / layout.TRAIN_THROUGHPUT
     write_json(out, result)
     print(table(result))
     print(f"written to {out}")

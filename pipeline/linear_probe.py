@@ -5,7 +5,7 @@ feed a multinomial logistic regression; its L2 strength is picked on the
 validation split, and test top-1 is reported on the same test split the
 pipeline uses. Needs the ``data`` stage's output (``make export`` runs it).
 
-    python -m benchmarks.linear_probe --config configs/flowers.yaml
+    python -m pipeline.linear_probe --config configs/flowers.yaml
 """
 
 from __future__ import annotations
@@ -17,13 +17,16 @@ import time
 
 import numpy as np
 
+from core import layout
+
 
 def pooled_features(model_cfg, image_size: int, images: np.ndarray, batch: int = 64) -> np.ndarray:
-    from pipeline.keras_compat import keras, tf
+    from core.contract import HEAD_PREFIX
+    from core.keras_compat import keras, tf
     from pipeline.models import build_classifier
 
     classifier = build_classifier(model_cfg, num_classes=2, image_size=image_size)
-    features = keras.Model(classifier.input, classifier.get_layer("head_pool").output)
+    features = keras.Model(classifier.input, classifier.get_layer(HEAD_PREFIX + "pool").output)
     fn = tf.function(lambda x: features(x, training=False))
     return np.concatenate([fn(tf.constant(images[i:i + batch], tf.float32)).numpy() for i in range(0, len(images), batch)])
 
@@ -32,16 +35,16 @@ def probe(cfg) -> dict:
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
 
-    from pipeline.data import load_split
-    from pipeline.errors import DataError
+    from core.errors import DataError
+    from core.splits import load_split
 
     root = cfg.build_root
-    if not (root / "data/test.npz").exists():
+    if not (root / layout.split("test")).exists():
         raise DataError(f"{root}/data has no split yet; run `make export CONFIG=...` (or its data stage) first.")
     started = time.time()
     feats, labels = {}, {}
-    for split in ("train", "val", "test"):
-        images, labels[split] = load_split(root / f"data/{split}.npz")
+    for split in layout.SPLITS:
+        images, labels[split] = load_split(root / layout.split(split))
         feats[split] = pooled_features(cfg.model, cfg.data.image_size, images)
     scaler = StandardScaler().fit(feats["train"])
     x = {k: scaler.transform(v) for k, v in feats.items()}
@@ -62,10 +65,10 @@ def probe(cfg) -> dict:
 
 def main(argv=None) -> int:
     from pipeline.config import load_config
-    from pipeline.errors import PipelineError
-    from pipeline.io import write_json
+    from core.errors import PipelineError
+    from core.io import write_json
 
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.linear_probe", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m pipeline.linear_probe", description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", required=True)
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     args = parser.parse_args(argv)
@@ -75,7 +78,7 @@ def main(argv=None) -> int:
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
-    write_json(cfg.build_root / "bench/linear_probe.json", result)
+    write_json(cfg.build_root / layout.LINEAR_PROBE, result)
     print(json.dumps(result, indent=2))
     return 0
 

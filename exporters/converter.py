@@ -1,0 +1,45 @@
+"""What a converter is: code that turns a trained Keras model into the file of one registered format."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+
+from exporters import registry
+
+
+@dataclass(frozen=True)
+class ExportContext:
+    """What a converter may need beyond the model."""
+
+    image_size: int
+    onnx_opset: int
+    # Real training images for calibration (used by quantizing converters).
+    calibration_images: np.ndarray | None = None
+    # Input and output types of full-integer TFLite files (see ExportConfig.int8_input):
+    # an integer input takes camera bytes as they are (int8: byte - 128); "float"
+    # keeps the raw-pixel float32 contract / returns float32 probabilities.
+    int8_input: str = "uint8"
+    int8_output: str = "float"
+
+
+class Converter:
+    """Converts to the format whose registry row is named ``format``; a subclass overrides only what differs."""
+
+    format: ClassVar[str]
+
+    @property
+    def spec(self) -> type[registry.Format]:
+        return registry.get(self.format)
+
+    def __getattr__(self, name: str):
+        # A converter reads as its row (suffix, runtime, budgets...): one place holds them.
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(self.spec, name)
+
+    def export(self, model, path: Path, ctx: ExportContext) -> None:  # pragma: no cover - interface
+        raise NotImplementedError
