@@ -13,17 +13,20 @@ from typing import Iterable, Optional
 import numpy as np
 from PIL import Image
 
+from exporters.registry import is_model_file, kind_of_file
+
 
 def input_size(path: Path) -> Optional[int]:
     """Square input side read from a .tflite or .onnx file (NHWC); None for other files."""
     path = Path(path)
-    if path.suffix == ".tflite":
+    runtime = kind_of_file(path).runtime if is_model_file(path) else None
+    if runtime == "litert":
         from ai_edge_litert import schema_py_generated as schema
 
         model = schema.Model.GetRootAsModel(path.read_bytes(), 0)
         graph = model.Subgraphs(0)
         return int(graph.Tensors(int(graph.InputsAsNumpy()[0])).ShapeAsNumpy()[1])
-    if path.suffix == ".onnx":
+    if runtime == "onnxruntime":
         import onnx
 
         dims = onnx.load(str(path), load_external_data=False).graph.input[0].type.tensor_type.shape.dim

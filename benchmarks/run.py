@@ -26,7 +26,7 @@ from benchmarks import accuracy, efficiency
 from benchmarks.inputs import input_size, write_inputs
 from benchmarks.latency import Worker, WorkerError, interleave, relative_ci, summarize
 from benchmarks.targets import Target, available_cpus, load_targets
-from exporters.registry import kind_of_file
+from exporters.registry import FILE_KINDS, is_model_file, kind_of_file
 from core import layout
 from core.errors import ConfigError, PipelineError
 from core.io import gzip_size, write_json
@@ -54,8 +54,9 @@ def reference_files(patterns: tuple[str, ...]) -> list[Path]:
         if not matches:
             raise ConfigError(f"benchmark.reference_models: '{pattern}' matches no file; fix the path or remove it.")
         for path in matches:
-            if path.suffix not in (".tflite", ".onnx"):
-                raise ConfigError(f"benchmark.reference_models: '{path}' is not a .tflite or .onnx file.")
+            if not (is_model_file(path) and kind_of_file(path).ships):
+                shipped = " or ".join(k.extension for k in FILE_KINDS if k.ships)
+                raise ConfigError(f"benchmark.reference_models: '{path}' is not a {shipped} file.")
             if any(p.name == path.name for p in out):
                 raise ConfigError(f"benchmark.reference_models: two files are named {path.name}; rename one "
                                   "(rows are keyed by file name).")

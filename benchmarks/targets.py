@@ -15,8 +15,9 @@ from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from core.yaml_files import read_yaml
 from core.errors import ConfigError, one_line, printable
+from core.yaml_files import read_yaml
+from exporters.registry import RUNTIMES
 
 
 def available_cpus() -> int:
@@ -46,7 +47,7 @@ class Regression(_Strict):
 class Target(_Strict):
     name: str = ""
     description: str = ""
-    runtime: Literal["litert", "onnxruntime", "keras"]
+    runtime: Literal[RUNTIMES]
     threads: int = Field(default=1, ge=1, le=256)
     formats: Optional[tuple[str, ...]] = None
     fully_integer_only: bool = False

@@ -30,13 +30,13 @@ class FileKind:
     runtime: str  # where it is validated and benchmarked: the runtime that ships it
     extension: str
     metadata: Optional[str]  # the metadata standard written into the file; None: it carries none
-    label: str  # the short name of the kind in results ("tflite", "onnx", "keras")
+    ships: bool  # it runs on a device (the Keras file is the reference the others are held to)
 
 
 FILE_KINDS = (
-    FileKind("litert", ".tflite", "TFLite Metadata (TFLITE_METADATA)", "tflite"),
-    FileKind("onnxruntime", ".onnx", "ONNX metadata_props", "onnx"),
-    FileKind("keras", ".keras", None, "keras"),
+    FileKind("litert", ".tflite", "TFLite Metadata (TFLITE_METADATA)", ships=True),
+    FileKind("onnxruntime", ".onnx", "ONNX metadata_props", ships=True),
+    FileKind("keras", ".keras", None, ships=False),
 )
 RUNTIMES = tuple(k.runtime for k in FILE_KINDS)
 

@@ -8,7 +8,7 @@ from typing import Optional
 
 import numpy as np
 
-from exporters.registry import Exporter
+from exporters.registry import Format
 from exporters.runtimes import load_predictor
 
 
@@ -44,7 +44,7 @@ class Validation:
         return asdict(self)
 
 
-def compare(probs: np.ndarray, reference: np.ndarray, labels: np.ndarray, exporter: Exporter,
+def compare(probs: np.ndarray, reference: np.ndarray, labels: np.ndarray, exporter: type[Format],
             max_accuracy_drop_pp: Optional[float] = None) -> Validation:
     """Figures of one artifact against the Keras reference; ``max_accuracy_drop_pp`` overrides the format's budget."""
     if probs.shape != reference.shape:
@@ -64,7 +64,7 @@ def compare(probs: np.ndarray, reference: np.ndarray, labels: np.ndarray, export
     )
 
 
-def validate(path: Path, exporter: Exporter, images: np.ndarray, labels: np.ndarray, reference: np.ndarray,
+def validate(path: Path, exporter: type[Format], images: np.ndarray, labels: np.ndarray, reference: np.ndarray,
              threads: int = 1, max_accuracy_drop_pp: Optional[float] = None) -> Validation:
     predict = load_predictor(path, exporter.runtime, threads)
     return compare(predict(images.astype(np.float32)), reference, labels, exporter, max_accuracy_drop_pp)

@@ -68,12 +68,12 @@ def main(argv: list[str] | None = None) -> int:
         from pipeline.config import check_paths, load_config
 
         cfg = load_config(args.config, args.overrides)
-        from pipeline import runner
-
         if args.command == "path":
             print(cfg.build_root)
             return 0
         if args.command == "status":
+            from pipeline import runner
+
             for stage, reason in runner.status(cfg):
                 print(f"{stage:<10} {'up to date' if reason is None else 'stale: ' + reason}")
             for stage, reason in runner.not_needed(cfg):
@@ -83,7 +83,9 @@ def main(argv: list[str] | None = None) -> int:
 
         task = distribution.task_from_env() if distribution.wants_multi_worker(cfg.train) else None
         chief = task is None or task.is_chief
+        # Before the runner is imported (it imports TensorFlow): a bad path is one line, at once.
         check_paths(cfg, args.config, chief=chief)
+        from pipeline import runner
         with terminate_raises():
             ran = runner.run(cfg, args.config, force=tuple(args.force))
         if not chief:

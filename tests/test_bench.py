@@ -292,3 +292,42 @@ def test_broken_or_duplicate_reference_files_are_config_errors(tmp_path):
     shutil.copyfile(bad, tmp_path / "a" / "broken.tflite")
     with pytest.raises(ConfigError, match="two files are named broken.tflite"):
         run.reference_files((str(bad), str(tmp_path / "a" / "broken.tflite")))
+
+
+def _status(path: Path, cwd: Path) -> dict[str, str]:
+    out = subprocess.run([sys.executable, "-m", "pipeline", "status", "--config", str(path)], cwd=cwd,
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    return {line.split()[0]: line.split(None, 1)[1] for line in out.stdout.splitlines()}
+
+
+def _run(path: Path, cwd: Path) -> str:
+    out = subprocess.run([sys.executable, "-m", "pipeline", "run", "--config", str(path)], cwd=cwd,
+                         capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return out.stdout.strip().rsplit(": ran ", 1)[-1]
+
+
+def test_a_code_change_re_runs_the_stages_that_import_it_and_no_other(built, tmp_path):
+    """The stamps hold each stage's import closure: an edit re-runs exactly the stages it can change."""
+    cfg, path = copy_build(built[:2], tmp_path / "b", benchmark=__import__("yaml").safe_load(built[1].read_text())["benchmark"])
+    repo = tmp_path / "repo"  # the code the runs import: `python -m` takes the current folder first
+    for folder in ("core", "exporters", "benchmarks", "pipeline", "configs"):
+        shutil.copytree(REPO / folder, repo / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    assert set(_status(path, repo).values()) == {"up to date", "not needed: no format in export.formats reads a "
+                                                                "pruned or QAT model"}
+    # benchmarks/report.py: only the bench stage imports it.
+    with (repo / "benchmarks/report.py").open("a", encoding="utf-8") as fh:
+        fh.write("\n# an edit\n")
+    status = _status(path, repo)
+    assert status["bench"] == "stale: stage code changed (benchmarks.report)"
+    assert [s for s in ("data", "finetune", "export") if status[s] != "up to date"] == []
+    assert _run(path, repo) == "bench"
+    # exporters/tflite.py: export converts with it; bench measures what export wrote.
+    with (repo / "exporters/tflite.py").open("a", encoding="utf-8") as fh:
+        fh.write("\n# an edit\n")
+    status = _status(path, repo)
+    assert status["export"] == "stale: stage code changed (exporters.tflite)"
+    assert status["bench"] == "stale: after export re-runs"
+    assert status["data"] == status["finetune"] == "up to date"
+    assert _run(path, repo) == "export, bench"

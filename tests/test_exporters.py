@@ -7,7 +7,7 @@ import pytest
 
 from core import contract, layers
 from exporters.runtimes import keras_probabilities
-from exporters import convert, folding, inspect, registry, tflite
+from exporters import convert, folding, inspect, registry
 from exporters.validate import compare, validate
 from pipeline import models
 from pipeline.config import ModelConfig

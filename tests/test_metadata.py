@@ -11,7 +11,7 @@ import pytest
 
 from core import contract, layers
 from exporters import convert
-from exporters import inspect, metadata, tflite
+from exporters import inspect, metadata
 from exporters.runtimes import open_session
 from pipeline import models
 from pipeline.config import ModelConfig

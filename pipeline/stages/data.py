@@ -105,6 +105,11 @@ def run(cfg: Config, ctx) -> None:
 
     log.info("[data] %d classes; train %d, val %d, test %d images at %d px",
              len(class_names), *(len(split[n]) for n in SPLITS), size)
+    _log_findings(conversions, skipped, duplicates)
+
+
+def _log_findings(conversions: dict, skipped: list[dict], duplicates: list[dict]) -> None:
+    """What the scan converted, skipped and found twice, in the log (scan.json holds all of it)."""
     if conversions:
         log.info("[data] converted on decode: %s", ", ".join(f"{k} {v}" for k, v in conversions.items()))
     if skipped:

@@ -277,6 +277,17 @@ def run(cfg: Config, ctx) -> None:
         if best.weights is not None:
             model.set_weights(best.weights)
             log.info("[finetune] restored best weights: val_accuracy %.4f at %s", best.best, best.best_epoch)
+    _save(model, setup, ctx, {
+        "head": training.history["head"], "fine_tune": training.history["fine_tune"], "unfrozen_layers": unfrozen,
+        "best_val_accuracy": None if best.weights is None else float(best.best),
+        "best_epoch": best.best_epoch, "seconds": round(time.time() - started, 1), "training": ran_with,
+    })
+    # Only now: a run killed before this point resumes from the checkpoint instead of starting over.
+    checkpoint.discard()
+
+
+def _save(model, setup, ctx, history: dict) -> None:
+    """The fine-tuned model, float32 and every layer trainable, and its training history."""
     # Saved with every layer trainable: later stages load it with compile=False
     # and choose their own trainable flags and optimizers (pruning, QAT).
     for layer in model.layers:
@@ -287,20 +298,12 @@ def run(cfg: Config, ctx) -> None:
     log.info("[finetune] trained weights sha256 %s", digest)
     if setup.multi_worker:
         setup.check_same(digest, "trained weights")
-
     out = ctx.path(layout.MODEL)
     with atomic_path(out) as tmp:
         model.save(tmp)  # tmp keeps the .keras suffix that Keras picks the format by
     ctx.record_output(out)
-    history = ctx.path(layout.HISTORY)
-    write_json(history, {
-        "head": training.history["head"], "fine_tune": training.history["fine_tune"], "unfrozen_layers": unfrozen,
-        "best_val_accuracy": None if best.weights is None else float(best.best),
-        "best_epoch": best.best_epoch, "seconds": round(time.time() - started, 1), "training": ran_with,
-    })
-    ctx.record_output(history)
-    # Only now: a run killed before this point resumes from the checkpoint instead of starting over.
-    checkpoint.discard()
+    write_json(ctx.path(layout.HISTORY), history)
+    ctx.record_output(ctx.path(layout.HISTORY))
 
 
 def weights_digest(model) -> str:
