@@ -1,0 +1,99 @@
+"""The docs stay true: the config reference is the schema's, README is short and its links resolve."""
+
+from __future__ import annotations
+
+import re
+
+from pydantic import BaseModel
+
+from pipeline import docs
+from pipeline.config import Config
+from tests.conftest import REPO
+
+README_LIMIT = 12 * 1024
+LINK = re.compile(r"\]\(([^)\s]+)\)")
+
+
+def _config_keys(model: type[BaseModel] = Config, prefix: str = ""):
+    for name, field in model.model_fields.items():
+        if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+            yield from _config_keys(field.annotation, f"{prefix}{name}.")
+        else:
+            yield f"{prefix}{name}"
+
+
+def test_config_reference_is_generated_from_the_schema():
+    page = docs.CONFIG_DOC.read_text(encoding="utf-8")
+    assert page == docs.render(), (
+        f"docs/config.md differs from pipeline/config.py ({'; '.join(docs.stale(page, docs.render()))}): run make docs")
+
+
+def test_config_reference_lists_every_key_with_its_description():
+    page = docs.CONFIG_DOC.read_text(encoding="utf-8")
+    keys = list(_config_keys())
+    assert len(keys) > 50
+    missing = [k for k in keys if f"| `{k}` |" not in page]
+    assert not missing, f"docs/config.md lacks {missing}"
+
+    def undescribed(model: type[BaseModel] = Config, prefix: str = ""):
+        for name, field in model.model_fields.items():
+            if not field.description:
+                yield f"{prefix}{name}"
+            if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+                yield from undescribed(field.annotation, f"{prefix}{name}.")
+
+    assert not list(undescribed()), "every config field has a Field(description=...)"
+
+
+def test_config_reference_rows_show_type_default_and_allowed_values():
+    page = docs.render()
+    assert "| `data.cache` | one of `auto`, `memory`, `disk`, `none` | `auto` |" in page
+    assert "| `data.image_size` | int, ≥ 32, ≤ 1024 | `224` |" in page
+    assert "| `name` | str | (required) |" in page
+    # Left out, the data section is the digits, not a folder.
+    assert "A file without a `data` section gets `data.source: digits`" in page
+
+
+def test_check_names_the_stale_key(tmp_path, capsys):
+    page = tmp_path / "config.md"
+    page.write_text(docs.render(), encoding="utf-8")
+    assert docs.main(["--check", "--out", str(page)]) == 0
+
+    stale = docs.render().replace("| `train.patience` | int, ≥ 1 | `3` |", "| `train.patience` | int, ≥ 1 | `4` |")
+    stale = "\n".join(line for line in stale.splitlines() if not line.startswith("| `export.author`"))
+    page.write_text(stale, encoding="utf-8")
+    assert docs.main(["--check", "--out", str(page)]) == 1
+    err = capsys.readouterr().err
+    assert "train.patience: row differs" in err and "export.author: missing" in err
+    assert page.read_text(encoding="utf-8") == stale, "--check writes nothing"
+
+    missing = tmp_path / "none.md"
+    assert docs.main(["--check", "--out", str(missing)]) == 1 and not missing.exists()
+
+
+def test_readme_is_short():
+    size = (REPO / "README.md").stat().st_size
+    assert size <= README_LIMIT, f"README.md is {size} bytes; the limit is {README_LIMIT}"
+
+
+def test_readme_links_every_docs_page_and_each_link_resolves():
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    local = [link.split("#", 1)[0] for link in LINK.findall(readme) if "://" not in link and not link.startswith("#")]
+    broken = [link for link in local if not (REPO / link).is_file()]
+    assert not broken, f"README links to files that do not exist: {broken}"
+    pages = sorted(p.relative_to(REPO).as_posix() for p in (REPO / "docs").glob("*.md"))
+    assert pages, "docs/ has pages"
+    unlinked = [p for p in pages if p not in local]
+    assert not unlinked, f"README does not link {unlinked}"
+
+
+def test_docs_pages_links_resolve():
+    broken = []
+    for page in (REPO / "docs").glob("*.md"):
+        for link in LINK.findall(page.read_text(encoding="utf-8")):
+            target = link.split("#", 1)[0]
+            if "://" in link or not target:
+                continue
+            if not (page.parent / target).resolve().exists():
+                broken.append(f"{page.name}: {link}")
+    assert not broken, f"docs links that do not resolve: {broken}"
