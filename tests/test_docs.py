@@ -87,13 +87,23 @@ def test_readme_links_every_docs_page_and_each_link_resolves():
     assert not unlinked, f"README does not link {unlinked}"
 
 
-def test_docs_pages_links_resolve():
+def _anchors(page) -> set[str]:
+    """GitHub's heading anchors: lower case, punctuation dropped, spaces to hyphens."""
+    heads = re.findall(r"^#+ (.+)$", page.read_text(encoding="utf-8"), flags=re.M)
+    return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in heads}
+
+
+def test_docs_links_and_anchors_resolve():
     broken = []
-    for page in (REPO / "docs").glob("*.md"):
-        for link in LINK.findall(page.read_text(encoding="utf-8")):
-            target = link.split("#", 1)[0]
-            if "://" in link or not target:
+    for page in [REPO / "README.md", *(REPO / "docs").glob("*.md")]:
+        text = re.sub(r"```.*?```", "", page.read_text(encoding="utf-8"), flags=re.S)
+        for link in LINK.findall(text):
+            if "://" in link:
                 continue
-            if not (page.parent / target).resolve().exists():
+            target, _, anchor = link.partition("#")
+            path = (page.parent / target).resolve() if target else page
+            if not path.exists():
                 broken.append(f"{page.name}: {link}")
-    assert not broken, f"docs links that do not resolve: {broken}"
+            elif anchor and path.suffix == ".md" and anchor not in _anchors(path):
+                broken.append(f"{page.name}: {link} (no such heading)")
+    assert not broken, f"links that do not resolve: {broken}"
