@@ -218,7 +218,10 @@ class PruneConfig(_Section):
 
 
 class QATConfig(_Section):
-    """Quantization-aware fine-tuning (fake-quant int8 in the forward pass), for `tflite-qat-int8` and, sparsity-preserving, `tflite-pruned-int8`."""
+    """Quantization-aware fine-tuning (fake-quant int8 in the forward pass).
+
+    For `tflite-qat-int8` and, sparsity-preserving, `tflite-pruned-int8`.
+    """
 
     epochs: int = Field(default=1, ge=1, description="quantization-aware fine-tuning epochs")
     lr: float = Field(default=1e-5, gt=0, description="learning rate of quantization-aware fine-tuning")

@@ -13,10 +13,8 @@ import types
 from pathlib import Path
 from typing import Any, Iterator, Literal, Union, get_args, get_origin
 
-import annotated_types
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
-from pydantic_core import PydanticUndefined
 
 from pipeline.config import Config
 
@@ -90,18 +88,22 @@ def type_text(annotation: Any) -> str:
 
 
 def bounds_text(field: FieldInfo) -> str:
-    """The field's bounds (ge, gt, le, lt, length) in words, e.g. ``≥ 32, ≤ 1024``."""
-    parts = []
+    """The field's bounds (ge, gt, le, lt, length) in words, e.g. ``≥ 32, ≤ 1024``.
+
+    pydantic keeps them as annotated_types constraints (``Ge(ge=32)``...) in ``field.metadata``.
+    """
+    parts, length = [], {}
     for item in field.metadata:
         for attr, sign in (("ge", "≥"), ("gt", ">"), ("le", "≤"), ("lt", "<")):
-            if isinstance(item, getattr(annotated_types, attr.capitalize())):
+            if type(item).__name__ == attr.capitalize():
                 parts.append(f"{sign} {_number(getattr(item, attr))}")
-    lengths = {type(item): item for item in field.metadata if isinstance(item, (annotated_types.MinLen,
-                                                                               annotated_types.MaxLen))}
-    if lengths:
-        low = lengths[annotated_types.MinLen].min_length if annotated_types.MinLen in lengths else 0
-        high = lengths[annotated_types.MaxLen].max_length if annotated_types.MaxLen in lengths else None
-        parts.append(f"{low}–{high} characters" if high is not None else f"at least {low} characters")
+        for attr in ("min_length", "max_length"):
+            if getattr(item, attr, None) is not None:
+                length[attr] = getattr(item, attr)
+    if "max_length" in length:
+        parts.append(f"{length.get('min_length', 0)}–{length['max_length']} characters")
+    elif "min_length" in length:
+        parts.append(f"at least {length['min_length']} characters")
     return ", ".join(parts)
 
 
