@@ -107,3 +107,21 @@ def test_docs_links_and_anchors_resolve():
             elif anchor and path.suffix == ".md" and anchor not in _anchors(path):
                 broken.append(f"{page.name}: {link} (no such heading)")
     assert not broken, f"links that do not resolve: {broken}"
+
+
+def test_benchmarks_page_targets_table_matches_targets_yaml():
+    import yaml
+
+    targets = yaml.safe_load((REPO / "configs" / "targets.yaml").read_text(encoding="utf-8"))["targets"]
+    page = (REPO / "docs" / "benchmarks.md").read_text(encoding="utf-8")
+    rows = {line.split("`")[1]: line for line in page.splitlines() if line.startswith("| `")}
+    assert set(targets) <= set(rows), f"docs/benchmarks.md lacks profiles {set(targets) - set(rows)}"
+    for name, profile in targets.items():
+        row, budgets = rows[name], profile.get("budgets", {})
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert cells[2].split()[0] == str(profile["threads"]), name
+        expected = ([f"p90 ≤ {budgets['p90_ms']:g} ms"] if "p90_ms" in budgets else []) + \
+                   ([f"≤ {budgets['size_mb']:g} MiB"] if "size_mb" in budgets else []) + \
+                   ([f"top-1 drop ≤ {budgets['accuracy_drop_pp']:g} pp"] if "accuracy_drop_pp" in budgets else [])
+        assert cells[4] == ", ".join(expected), f"{name}: {cells[4]!r} vs configs/targets.yaml {budgets}"
+        assert profile["regression"] == {"accuracy_pp": 1.0, "latency_pct": 10}, "the page states the shipped regression"
