@@ -13,7 +13,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $@
 
-.PHONY: venv export status verify bench bench-train report gate test test-slow probe clean
+.PHONY: venv export status verify bench bench-train report gate figures docs test test-slow probe clean
 venv: $(VENV)/.installed
 
 export: $(VENV)/.installed
@@ -46,6 +46,16 @@ gate: $(VENV)/.installed
 	@test -n "$(BASELINE)" || { echo "usage: make gate BASELINE=path/to/results.json [CONFIG=...]" >&2; exit 2; }
 	@root=$$($(PY) -m pipeline path --config $(CONFIG) $(foreach s,$(SET),--set $(s))) && \
 	$(PY) -m benchmarks.gate --baseline $(BASELINE) --results $$root/bench/results.json $(GATE_FLAGS)
+
+# docs/measurements.md from build folders' results: make figures BUILD="build/quickstart build/flowers".
+FIGURES ?= docs/measurements.md
+figures: $(VENV)/.installed
+	@test -n "$(BUILD)" || { echo "usage: make figures BUILD=build/<name> [FIGURES=docs/measurements.md]" >&2; exit 2; }
+	$(PY) -m benchmarks.figures $(BUILD) --out $(FIGURES)
+
+# docs/config.md from the schema in pipeline/config.py (a test fails when they differ).
+docs: $(VENV)/.installed
+	$(PY) -m pipeline.docs
 
 # One worker per core (pytest-xdist); tests that share an expensive fixture carry one xdist_group
 # mark and go to one worker, the rest are handed out a test at a time.

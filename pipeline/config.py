@@ -48,28 +48,51 @@ def _takes_number(annotation: Any) -> bool:
 
 
 class DataConfig(_Section):
-    source: Literal["folder", "digits"] = "folder"
-    # Relative paths are resolved against the directory `make` runs in (the repo root).
-    path: Optional[str] = None
-    image_size: int = Field(default=224, ge=32, le=1024)
-    val_fraction: float = Field(default=0.15, gt=0, lt=0.5)
-    test_fraction: float = Field(default=0.15, gt=0, lt=0.5)
+    """The photos, how they are split, and how training reads them (the data stage)."""
+
+    source: Literal["folder", "digits"] = Field(
+        default="folder",
+        description="`folder`: one sub-folder of images per class under `data.path`; `digits`: scikit-learn's real "
+                    "8×8 handwritten digits, upscaled (offline, no download)")
+    path: Optional[str] = Field(
+        default=None,
+        description="the image folder, required for `folder`; a relative path is read from the directory `make` "
+                    "runs in (the repository root)")
+    image_size: int = Field(
+        default=224, ge=32, le=1024,
+        description="model input side in pixels; each image is centre-cropped to a square and resized bilinearly")
+    val_fraction: float = Field(default=0.15, gt=0, lt=0.5,
+                                description="share of each class held out for validation (stratified split)")
+    test_fraction: float = Field(
+        default=0.15, gt=0, lt=0.5,
+        description="share of each class held out for the test verdict; `val_fraction + test_fraction` must leave "
+                    "at least 10% for training")
     # numpy and TensorFlow take seeds in [0, 2**32).
-    seed: int = Field(default=1234, ge=0, le=2**32 - 1)
-    augment: tuple[Literal[AUGMENTATIONS], ...] = ("horizontal_flip", "brightness", "contrast")
-    # Keep at most this many images per class (before splitting): quick trials on big folders.
-    limit_per_class: Optional[int] = Field(default=None, ge=3)
-    # A file that is not a usable image (corrupt, truncated, empty, not an image): "skip" leaves it
-    # out and lists it in results.json under data.skipped; "fail" stops the run naming it.
-    on_bad_image: Literal["skip", "fail"] = "skip"
-    # Images larger than this many pixels are skipped rather than decoded (memory, decompression bombs).
-    max_image_pixels: int = Field(default=100_000_000, ge=1)
-    # A class with fewer usable images than this stops the run (3: one each for train, val and test).
-    min_images_per_class: int = Field(default=3, ge=3)
-    # Where training keeps the decoded splits between epochs: "memory", "disk" (build/<name>/cache/,
-    # for splits larger than memory), "none", or "auto" (memory when a split fits half the memory
-    # available, else disk). Augmentation comes after it, so each epoch is augmented anew.
-    cache: Literal["auto", "memory", "disk", "none"] = "auto"
+    seed: int = Field(default=1234, ge=0, le=2**32 - 1,
+                      description="seed of the split, the shuffle, the augmentation and the weight initialization")
+    augment: tuple[Literal[AUGMENTATIONS], ...] = Field(
+        default=("horizontal_flip", "brightness", "contrast"),
+        description="augmentations of the training split, drawn anew each epoch")
+    limit_per_class: Optional[int] = Field(
+        default=None, ge=3,
+        description="keep at most this many images per class, before splitting (quick trials on big folders); "
+                    "null keeps all")
+    on_bad_image: Literal["skip", "fail"] = Field(
+        default="skip",
+        description="a file that is not a usable image (corrupt, truncated, empty, not an image): `skip` leaves it "
+                    "out and lists it in results.json under `data.skipped`; `fail` stops the run naming it")
+    max_image_pixels: int = Field(
+        default=100_000_000, ge=1,
+        description="images with more pixels are skipped rather than decoded (memory, decompression bombs)")
+    min_images_per_class: int = Field(
+        default=3, ge=3,
+        description="a class with fewer usable images stops the run (at least 3: one each for train, val and test)")
+    cache: Literal["auto", "memory", "disk", "none"] = Field(
+        default="auto",
+        description="where training keeps the decoded splits between epochs: `memory`; `disk` (under "
+                    "`<build_dir>/<name>/cache/`, for splits larger than memory); `none` (read from `data/*.npz` "
+                    "every epoch); `auto`: memory when a split takes at most half the memory available, else disk. "
+                    "Augmentation comes after it, so each epoch is augmented anew")
 
     @model_validator(mode="after")
     def _path_matches_source(self) -> "DataConfig":
@@ -81,11 +104,17 @@ class DataConfig(_Section):
 
 
 class ModelConfig(_Section):
-    backbone: Literal["mobilenet_v2", "resnet50"] = "mobilenet_v2"
-    alpha: float = 1.0
-    # "imagenet" (Keras cache or download), "none" (random init) or a path to an .h5 file.
-    weights: str = "imagenet"
-    dropout: float = Field(default=0.2, ge=0, lt=1)
+    """The backbone and its starting weights; a new head (pooling, dropout, dense softmax) goes on top."""
+
+    backbone: Literal["mobilenet_v2", "resnet50"] = Field(
+        default="mobilenet_v2", description="the ImageNet backbone to fine-tune")
+    alpha: float = Field(default=1.0,
+                         description="MobileNetV2 width multiplier: one of 0.35, 0.5, 0.75, 1.0, 1.3, 1.4")
+    weights: str = Field(
+        default="imagenet",
+        description="`imagenet` (the Keras cache `~/.keras/models/`, or a download), `none` (random "
+                    "initialization), or a path to a no-top `.h5` file saved by tf_keras for this backbone and alpha")
+    dropout: float = Field(default=0.2, ge=0, lt=1, description="dropout rate before the classifier")
 
     @field_validator("alpha")
     @classmethod
@@ -96,34 +125,60 @@ class ModelConfig(_Section):
 
 
 class TrainConfig(_Section):
-    batch_size: int = Field(default=32, ge=1)
-    head_epochs: int = Field(default=5, ge=0)
-    head_lr: float = Field(default=1e-3, gt=0)
-    fine_tune_epochs: int = Field(default=5, ge=0)
-    fine_tune_lr: float = Field(default=1e-4, gt=0)
-    # An int counts backbone layers from the top; a float in (0, 1] is a fraction of them.
-    fine_tune_at: Union[int, float] = 30
-    # "cosine" decays each phase's learning rate to zero over its epochs; "constant" keeps it.
-    lr_schedule: Literal["constant", "cosine"] = "cosine"
-    label_smoothing: float = Field(default=0.0, ge=0, lt=1)
-    # Epochs without a better validation accuracy before a phase stops early.
-    patience: int = Field(default=3, ge=1)
-    # BatchNorm is kept in inference mode so fine-tuning does not wreck the
-    # pretrained statistics; with `weights: none` there are none to protect.
-    freeze_batchnorm: bool = True
-    # None keeps the backbone's own (0.999 for MobileNetV2, tuned for ImageNet-length
-    # runs); a short run from scratch needs ~0.9 or the moving statistics never catch up.
-    batchnorm_momentum: Optional[float] = Field(default=None, gt=0, lt=1)
-    # "auto" is on when TensorFlow sees a GPU and off on a CPU, where float16 and XLA
-    # make training slower, not faster (pipeline.precision).
-    mixed_precision: Literal["auto", "on", "off"] = "auto"
-    jit_compile: Literal["auto", "on", "off"] = "auto"
-    # tf.distribute strategy of the training stages (pipeline.distribution): "auto" is
-    # multi_worker when TF_CONFIG names several tasks, mirrored with several GPUs, else none.
-    distribute: Literal["auto", "none", "mirrored", "multi_worker"] = "auto"
-    # train.batch_size is per replica; with N replicas the learning rates are multiplied
-    # by N (linear), sqrt(N) (sqrt) or left as they are (none).
-    lr_scaling: Literal["linear", "sqrt", "none"] = "linear"
+    """Fine-tuning in two phases: the head on a frozen backbone, then the top of the backbone at a lower rate."""
+
+    batch_size: int = Field(
+        default=32, ge=1,
+        description="images per step on each replica: with `train.distribute` over N devices a step takes N × this "
+                    "many")
+    head_epochs: int = Field(default=5, ge=0,
+                             description="phase 1: epochs of the new head on the frozen backbone")
+    head_lr: float = Field(default=1e-3, gt=0, description="phase 1 learning rate")
+    fine_tune_epochs: int = Field(default=5, ge=0,
+                                  description="phase 2: epochs with the top backbone layers unfrozen")
+    fine_tune_lr: float = Field(default=1e-4, gt=0, description="phase 2 learning rate")
+    fine_tune_at: Union[int, float] = Field(
+        default=30,
+        description="backbone layers unfrozen in phase 2: an int counts layers from the top, a float in (0, 1] is a "
+                    "fraction of them")
+    lr_schedule: Literal["constant", "cosine"] = Field(
+        default="cosine",
+        description="`cosine` decays each phase's learning rate to zero over its epochs; `constant` keeps it")
+    label_smoothing: float = Field(default=0.0, ge=0, lt=1,
+                                   description="label smoothing of the cross-entropy loss")
+    patience: int = Field(
+        default=3, ge=1,
+        description="epochs without a better validation accuracy before a phase stops early; the best weights over "
+                    "both phases are kept")
+    freeze_batchnorm: bool = Field(
+        default=True,
+        description="keep BatchNorm in inference mode while fine-tuning, so the pretrained statistics survive; with "
+                    "`model.weights: none` there are none to protect")
+    batchnorm_momentum: Optional[float] = Field(
+        default=None, gt=0, lt=1,
+        description="BatchNorm moving-average momentum while it trains; null keeps the backbone's own (0.999 for "
+                    "MobileNetV2, tuned for ImageNet-length runs); a short run from scratch needs about 0.9")
+    # pipeline.precision decides "auto".
+    mixed_precision: Literal["auto", "on", "off"] = Field(
+        default="auto",
+        description="fine-tune in `mixed_float16` (float16 compute, float32 weights, loss scaling; the last Dense "
+                    "layer and its softmax stay float32): `auto` is on when TensorFlow sees a GPU, off on a CPU, where "
+                    "it is slower. The saved model and every exported file are float32 either way; pruning and QAT "
+                    "always train in float32")
+    jit_compile: Literal["auto", "on", "off"] = Field(
+        default="auto",
+        description="XLA-compile the fine-tuning steps: `auto` is on with a GPU, off on a CPU (compiling costs more "
+                    "there than it saves)")
+    # pipeline.distribution builds the strategy.
+    distribute: Literal["auto", "none", "mirrored", "multi_worker"] = Field(
+        default="auto",
+        description="tf.distribute strategy of fine-tuning, pruning and QAT: `none` (one device), `mirrored` (this "
+                    "machine's GPUs), `multi_worker` (the machines in `TF_CONFIG`); `auto` is `multi_worker` when "
+                    "`TF_CONFIG` names several tasks, else `mirrored` with two or more GPUs, else `none`")
+    lr_scaling: Literal["linear", "sqrt", "none"] = Field(
+        default="linear",
+        description="learning rates (`train.*_lr`, `optimize.*.lr`) with N replicas: × N (`linear`), × √N (`sqrt`) "
+                    "or as written (`none`)")
 
     @field_validator("mixed_precision", "jit_compile", mode="before")
     @classmethod
@@ -144,66 +199,91 @@ class TrainConfig(_Section):
 
 
 class PruneConfig(_Section):
-    # Fraction of each conv/dense kernel set to zero by magnitude (tfmot PolynomialDecay schedule).
-    target_sparsity: float = Field(default=0.5, gt=0, lt=1)
-    # Fine-tuning epochs while pruning: sparsity ramps up over the first
-    # `ramp_fraction` of the steps, the rest recovers accuracy at the target.
-    epochs: int = Field(default=2, ge=1)
-    ramp_fraction: float = Field(default=0.6, gt=0, le=1)
-    lr: float = Field(default=1e-4, gt=0)
-    # Layer names left dense, e.g. [Conv1]: the first convolution sees only 3 input
-    # channels, so each of its few weights matters (they still count as prunable).
-    exclude: tuple[str, ...] = ()
+    """Magnitude pruning while training (tfmot), for `tflite-pruned-int8`."""
+
+    target_sparsity: float = Field(
+        default=0.5, gt=0, lt=1,
+        description="fraction of each conv and dense kernel set to zero by magnitude (tfmot PolynomialDecay "
+                    "schedule; depthwise kernels stay dense, as in tfmot)")
+    epochs: int = Field(default=2, ge=1, description="fine-tuning epochs while pruning")
+    ramp_fraction: float = Field(
+        default=0.6, gt=0, le=1,
+        description="sparsity ramps up from 0 over this fraction of the pruning steps; the rest recovers accuracy "
+                    "at the target")
+    lr: float = Field(default=1e-4, gt=0, description="learning rate while pruning")
+    exclude: tuple[str, ...] = Field(
+        default=(),
+        description="layer names left dense, e.g. `[Conv1]`: the first convolution sees only 3 input channels, so "
+                    "each of its few weights matters (they still count in the sparsity figures)")
 
 
 class QATConfig(_Section):
-    # Quantization-aware fine-tuning epochs (fake-quant int8 in the forward pass).
-    epochs: int = Field(default=1, ge=1)
-    lr: float = Field(default=1e-5, gt=0)
+    """Quantization-aware fine-tuning (fake-quant int8 in the forward pass).
+
+    For `tflite-qat-int8` and, sparsity-preserving, `tflite-pruned-int8`.
+    """
+
+    epochs: int = Field(default=1, ge=1, description="quantization-aware fine-tuning epochs")
+    lr: float = Field(default=1e-5, gt=0, description="learning rate of quantization-aware fine-tuning")
 
 
 class OptimizeConfig(_Section):
     """Pruning and quantization-aware training; the stage runs only when a format in export.formats needs it."""
 
-    prune: PruneConfig = PruneConfig()
-    qat: QATConfig = QATConfig()
-    # Knowledge distillation from the fine-tuned model while pruning and in QAT:
-    # loss = (1 - w) x cross-entropy + w x KL(fine-tuned || optimized); 0 turns it off.
-    distill_weight: float = Field(default=0.5, ge=0, le=1)
+    prune: PruneConfig = Field(default=PruneConfig(), description="magnitude pruning")
+    qat: QATConfig = Field(default=QATConfig(), description="quantization-aware training")
+    distill_weight: float = Field(
+        default=0.5, ge=0, le=1,
+        description="knowledge distillation from the fine-tuned model while pruning and in QAT: loss = (1 − w) × "
+                    "cross-entropy + w × KL(fine-tuned ‖ optimized); 0 turns it off")
 
 
 class ExportConfig(_Section):
-    formats: tuple[str, ...] = ("keras", "tflite-fp32", "onnx-fp32")
-    onnx_opset: int = Field(default=17, ge=13, le=21)
-    # Threads the runtimes use while validating exported files.
-    threads: int = Field(default=1, ge=1)
-    # Real training images (seeded choice) that int8 exporters calibrate on.
-    calibration_samples: int = Field(default=200, ge=1, le=100_000)
-    # Boundary types of full-integer TFLite files (tflite-int8 and formats built on it).
-    # int8_input "uint8": the app feeds the camera's RGB bytes 0..255 as they are, like
-    # Google's int8 MobileNetV2; where the normalization is one mean/std for all
-    # channels in RGB order (MobileNetV2) it becomes the input's quantization
-    # (scale 1/std, zero point mean) and no normalization op runs; otherwise it
-    # stays in the graph and the input's scale is 1. "int8": the same, fed byte - 128.
-    # "float": the float32 raw-pixel contract of every other format.
-    int8_input: Literal["float", "int8", "uint8"] = "uint8"
-    # int8_output "float": float32 probabilities (dequantized in the file);
-    # "uint8"/"int8": quantized probabilities, dequantized with the file's scale and zero point.
-    int8_output: Literal["float", "int8", "uint8"] = "float"
-    # Max test top-1 drop against the Keras model, in percentage points, per format;
-    # formats not listed keep the registry's default budget.
-    budgets: dict[str, StrictFloat] = Field(default_factory=dict)  # strict: true is not 1 point
-    # fail: a file over budget fails the run; warn: it is published and marked in results.json.
-    on_budget_fail: Literal["fail", "warn"] = "fail"
-    # Single-image runs for the quick latency figure (median, 1 thread); 0 skips it.
-    latency_runs: int = Field(default=30, ge=0)
-    # What every .tflite and .onnx file says about itself in its metadata (and manifest.json):
-    # a release number (ONNX model_version; TFLite stores it as text), a one-line description
-    # (default: backbone, classes and dataset), and optionally who made it and under which licence.
-    model_version: int = Field(default=1, ge=0, le=2**63 - 1)  # ONNX stores an int64
-    description: Optional[str] = Field(default=None, min_length=1, max_length=2000)
-    author: Optional[str] = Field(default=None, min_length=1, max_length=200)
-    license: Optional[str] = Field(default=None, min_length=1, max_length=200)
+    """Which files are exported, what they are validated against, and what their metadata says."""
+
+    formats: tuple[str, ...] = Field(
+        default=("keras", "tflite-fp32", "onnx-fp32"),
+        description="registry names of the files to export (the format table in README.md; "
+                    "`python -m pipeline --help` lists them)")
+    onnx_opset: int = Field(default=17, ge=13, le=21, description="ONNX opset for tf2onnx")
+    threads: int = Field(default=1, ge=1, description="threads the runtimes use while validating exported files")
+    calibration_samples: int = Field(
+        default=200, ge=1, le=100_000,
+        description="real training images (a seeded choice) that the int8 exporters calibrate on")
+    int8_input: Literal["float", "int8", "uint8"] = Field(
+        default="uint8",
+        description="input type of the full-integer TFLite files (`tflite-int8` and the formats built on it). "
+                    "`uint8`: the app feeds the camera's RGB bytes 0..255 as they are, like Google's int8 "
+                    "MobileNetV2; where the normalization is one mean/std for all channels in RGB order "
+                    "(MobileNetV2) it becomes the input's quantization (scale 1/std, zero point mean) and no "
+                    "normalization op runs, otherwise (ResNet50) it stays in the graph and the input's scale is 1. "
+                    "`int8`: the same, fed byte − 128. `float`: the float32 raw-pixel contract of every other format")
+    int8_output: Literal["float", "int8", "uint8"] = Field(
+        default="float",
+        description="output type of the full-integer TFLite files: `float` probabilities (dequantized in the file), "
+                    "or `uint8`/`int8` quantized probabilities, dequantized with the file's scale and zero point")
+    budgets: dict[str, StrictFloat] = Field(  # strict: true is not 1 point
+        default_factory=dict,
+        description="max test top-1 drop against the Keras model, in percentage points, per format, e.g. "
+                    "`{tflite-int8: 0.5}`; formats not listed keep the registry's budget")
+    on_budget_fail: Literal["fail", "warn"] = Field(
+        default="fail",
+        description="`fail`: a file over budget fails the run (exit 1) and is not published; `warn`: it is "
+                    "published and marked `warned` in results.json")
+    latency_runs: int = Field(
+        default=30, ge=0,
+        description="single-image runs for the export stage's quick latency figure (median, 1 thread); 0 skips it")
+    model_version: int = Field(  # ONNX stores an int64
+        default=1, ge=0, le=2**63 - 1,
+        description="release number written into every file's metadata (ONNX `model_version`; TFLite stores it as "
+                    "text) and manifest.json")
+    description: Optional[str] = Field(
+        default=None, min_length=1, max_length=2000,
+        description="one-line description in every file's metadata; null writes the backbone, classes and dataset")
+    author: Optional[str] = Field(default=None, min_length=1, max_length=200,
+                                  description="author in the metadata (optional, one line)")
+    license: Optional[str] = Field(default=None, min_length=1, max_length=200,
+                                   description="licence in the metadata (optional, one line)")
 
     @field_validator("description", "author", "license")
     @classmethod
@@ -245,30 +325,43 @@ class ExportConfig(_Section):
 class BenchmarkConfig(_Section):
     """The bench stage: every published file on each target profile, against the Keras model."""
 
-    # Profile names from targets_file; an empty list turns the bench stage off.
-    targets: tuple[str, ...] = ("phone-big", "phone-little", "edge-box")
-    targets_file: str = "configs/targets.yaml"
-    # Published files benchmarked beside ours on the same profiles (latency, size,
-    # memory; their accuracy is not measured: their labels are not ours).
-    reference_models: tuple[str, ...] = ()
-    # Timing stops when every median's 95% interval is within rel_ci of it (after
-    # min_runs), or at max_runs, or after max_seconds per target.
-    min_runs: int = Field(default=50, ge=5)
-    max_runs: int = Field(default=3000, ge=5)
-    max_seconds: float = Field(default=30.0, gt=0)
-    rel_ci: float = Field(default=0.01, gt=0, lt=1)
-    # Timed calls per worker per round (each round starts with one untimed call).
-    burst: int = Field(default=3, ge=1, le=100)
-    # Untimed calls per file before the first round (of each block).
-    warmup: int = Field(default=10, ge=0)
-    # Slices each target's timing is split into, spread over the whole benchmark
-    # (targets take turns); 1 times each target in one stretch and may stop early
-    # once every median is within rel_ci.
-    blocks: int = Field(default=3, ge=1, le=100)
-    # Test images for the per-target accuracy; None = the whole test split.
-    accuracy_images: Optional[int] = Field(default=None, ge=1)
-    # Seconds of GEMM per thread count for the host's measured peak.
-    peak_seconds: float = Field(default=0.5, gt=0, le=30)
+    targets: tuple[str, ...] = Field(
+        default=("phone-big", "phone-little", "edge-box"),
+        description="target profiles from `benchmark.targets_file` to benchmark on; `[]` turns the bench stage off")
+    targets_file: str = Field(
+        default="configs/targets.yaml",
+        description="the target profiles: runtime, threads, allowed formats, budgets and the gate's regression limits")
+    reference_models: tuple[str, ...] = Field(
+        default=(),
+        description="published `.tflite`/`.onnx` files (globs allowed) benchmarked beside ours on the same profiles, "
+                    "e.g. `[../shared/reference/*.tflite]`: latency, size and memory; not accuracy (their labels "
+                    "are not ours)")
+    min_runs: int = Field(
+        default=50, ge=5,
+        description="with `blocks: 1`, timing may stop once every file has this many runs and every median's 95% "
+                    "interval is within `rel_ci` of it")
+    max_runs: int = Field(default=3000, ge=5,
+                          description="timed runs per file and target at most (shared out over the blocks)")
+    max_seconds: float = Field(default=30.0, gt=0,
+                               description="seconds of timing per target at most (shared out over the blocks)")
+    rel_ci: float = Field(
+        default=0.01, gt=0, lt=1,
+        description="with `blocks: 1`, the relative half-width of each median's 95% interval at which timing stops")
+    burst: int = Field(
+        default=3, ge=1, le=100,
+        description="timed calls per file per round (each round starts with one untimed call)")
+    warmup: int = Field(default=10, ge=0,
+                        description="untimed calls per file before the first round of each block")
+    blocks: int = Field(
+        default=3, ge=1, le=100,
+        description="slices each target's timing is split into, spread over the whole benchmark (the targets take "
+                    "turns); 1 times each target in one stretch and may stop early once every median is within "
+                    "`rel_ci`")
+    accuracy_images: Optional[int] = Field(
+        default=None, ge=1, description="test images for the per-target accuracy; null uses the whole test split")
+    peak_seconds: float = Field(
+        default=0.5, gt=0, le=30,
+        description="seconds of GEMM (fp32 and int8) per thread count for the host's measured peak")
 
     @model_validator(mode="after")
     def _runs(self) -> "BenchmarkConfig":
@@ -280,14 +373,19 @@ class BenchmarkConfig(_Section):
 
 
 class Config(_Section):
-    name: str
-    build_dir: str = "build"
-    data: DataConfig = DataConfig(source="digits")
-    model: ModelConfig = ModelConfig()
-    train: TrainConfig = TrainConfig()
-    optimize: OptimizeConfig = OptimizeConfig()
-    export: ExportConfig = ExportConfig()
-    benchmark: BenchmarkConfig = BenchmarkConfig()
+    """The whole file: a name, where builds go, and one section per stage."""
+
+    name: str = Field(
+        description="build folder name: outputs go to `<build_dir>/<name>/` and every file name starts with it; "
+                    "1–100 ASCII letters, digits, `.`, `_` or `-`, starting with a letter or digit")
+    build_dir: str = Field(default="build",
+                           description="where builds go; a folder path without line breaks or control characters")
+    data: DataConfig = Field(default=DataConfig(source="digits"), description="the data stage")
+    model: ModelConfig = Field(default=ModelConfig(), description="the model")
+    train: TrainConfig = Field(default=TrainConfig(), description="fine-tuning")
+    optimize: OptimizeConfig = Field(default=OptimizeConfig(), description="pruning and QAT")
+    export: ExportConfig = Field(default=ExportConfig(), description="the export stage")
+    benchmark: BenchmarkConfig = Field(default=BenchmarkConfig(), description="the bench stage")
 
     @field_validator("name")
     @classmethod

@@ -22,22 +22,3 @@ def test_readme_starts_with_the_two_commands():
     head = (REPO / "README.md").read_text(encoding="utf-8")[:1500]
     assert "make export" in head and "make test" in head
 
-
-def test_readme_config_table_lists_every_key():
-    from pydantic import BaseModel
-
-    from pipeline.config import Config
-
-    readme = (REPO / "README.md").read_text(encoding="utf-8")
-    table = readme[readme.index("| key | default | meaning |"):].split("\n\n", 1)[0]
-
-    def keys(model, prefix=""):
-        for name, field in model.model_fields.items():
-            if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
-                yield from keys(field.annotation, f"{prefix}{name}.")
-            else:
-                yield prefix, name
-
-    # A key is listed in full (`data.seed`) or after its section's first key on the same row (`, .max_runs`).
-    missing = [f"{p}{k}" for p, k in keys(Config) if f"`{p}{k}`" not in table and f"`.{k}`" not in table]
-    assert not missing, f"README config table lacks {missing}"
