@@ -31,8 +31,9 @@ do not edit by hand. -->
 Every figure on this page is read from a build folder's `export/results.json`, `bench/results.json`,
 `artifacts/manifest.json` and `bench/train_throughput.json`, and each block names the commit and the machine
 it came from. Regenerate it from your own builds with `make figures BUILD="build/<name> ..."`. Latencies are
-the measuring host's, not a phone's; the ratios to the Keras model, measured in the same run, carry across
-machines better than milliseconds do.
+the measuring host's, not a phone's, and depend on what else ran on it at the time, which the results files do
+not record; the ratios to the Keras model, measured in the same run, carry across machines better than
+milliseconds do.
 """
 
 
@@ -164,18 +165,19 @@ def export_table(export: dict) -> list[str]:
         latency = a.get("latency_ms")
         ratio = a.get("latency_ratio_to_keras")
         rows.append([
-            f"`{Path(a['file']).name}`" if a.get("file") else "(not made)",
+            f"`{a['file']}`" if a.get("file") else "(not made)",
             a.get("format", ""),
-            a.get("status", ""),
+            a.get("status", "") + (f": {a['error']}" if a.get("error") else ""),
             _num(a.get("bytes"), ","),
             _num(a.get("gzip_bytes"), ","),
+            _num(a.get("sparsity"), ".3f"),
             f"{_num(top1, '.4f')} ({images})" if top1 is not None else "—",
             _num(accuracy.get("delta_pp"), "+.2f"),
             _num(validation.get("top1_agreement"), ".4f"),
             _num(validation.get("max_abs_diff"), ".1e"),
             f"{_num(latency, '.3f')} ({_ratio(ratio)})" if latency is not None else "—",
         ])
-    header = ["file", "format", "status", "bytes", "gzip bytes", "test top-1 (images)", "Δ vs Keras (pp)",
+    header = ["file", "format", "status", "bytes", "gzip bytes", "sparsity", "test top-1 (images)", "Δ vs Keras (pp)",
               "agreement", "max \\|Δp\\|", "quick ms (× Keras)"]
     lines = ["### Exported files", ""]
     lines += _table(header, rows)
@@ -184,7 +186,8 @@ def export_table(export: dict) -> list[str]:
               f"The Keras model's test top-1: {_num(keras_top1, '.4f')}; always guessing the largest class: "
               f"{_num((reference.get('accuracy') or {}).get('majority_class_rate'), '.4f')}. Δ, agreement (same top-1 "
               "as the Keras model) and max |Δp| (largest probability difference) are measured on the test images "
-              "in each file's own runtime. Quick ms: the export stage's median of single-image runs at 1 thread, "
+              "in each file's own runtime; sparsity is the share of zero weights among the prunable ones, read from the "
+              "file. A file that failed its budget stays in `export/staging/`. Quick ms: the export stage's median of single-image runs at 1 thread, "
               f"and its ratio to the Keras model as a compiled `tf.function` ({_num(keras_ms, '.3f')} ms).", ""]
     return lines
 

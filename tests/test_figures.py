@@ -27,7 +27,7 @@ def _export() -> dict:
              "validation": {"images": 270, "top1_agreement": 1.0, "max_abs_diff": 0.0},
              "latency_ms": 6.9871, "latency_ratio_to_keras": 0.9636},
             {"name": "tiny-tflite-int8", "format": "tflite-int8", "file": "tiny_int8.tflite", "status": "passed",
-             "bytes": 612_345, "gzip_bytes": 498_765, "sha256": "b" * 64,
+             "bytes": 612_345, "gzip_bytes": 498_765, "sha256": "b" * 64, "sparsity": 0.011909,
              "accuracy": {"top1": 0.8852, "delta_pp": -0.7407},
              "validation": {"images": 270, "top1_agreement": 0.9741, "max_abs_diff": 0.31234},
              "latency_ms": 0.1234, "latency_ratio_to_keras": 0.017},
@@ -80,10 +80,10 @@ def test_export_figures_with_commit_and_machine():
     page = "\n".join(figures.build_section(_export(), manifest=_manifest()))
     assert "commit `0123456789ab`;" in page
     assert "on 2 CPUs, x86_64 Linux" in page and "tensorflow 2.21.0" in page and "tf2onnx" not in page
-    assert ("| `tiny_int8.tflite` | tflite-int8 | passed | 612,345 | 498,765 | 0.8852 (270) | -0.74 | 0.9741 "
+    assert ("| `tiny_int8.tflite` | tflite-int8 | passed | 612,345 | 498,765 | 0.012 | 0.8852 (270) | -0.74 | 0.9741 "
             "| 3.1e-01 | 0.123 (0.017) |") in page
-    assert "| `tiny.keras` | keras | passed | 2,034,567 | 1,876,543 | 0.8926 (270) | +0.00 | 1.0000 |" in page
-    assert "| (not made) | onnx-int8 | failed | — | — | — | — | — | — | — |" in page
+    assert "| `tiny.keras` | keras | passed | 2,034,567 | 1,876,543 | — | 0.8926 (270) | +0.00 | 1.0000 |" in page
+    assert "| (not made) | onnx-int8 | failed: conversion failed (ValueError: no) | — | — | — | — | — | — | — | — |" in page
     assert "compiled `tf.function` (7.251 ms)" in page and "largest class: 0.1037" in page
     assert "## tiny" in page and "digits, 10 classes, 270 test images" in page
 
