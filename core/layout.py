@@ -1,12 +1,10 @@
 """The build folder's layout: every path a stage reads or writes, named once.
 
-Paths are relative to ``build/<name>/`` (the form stamps record them in);
-:class:`Build` resolves them against one build folder.
+Paths are relative to ``build/<name>/`` (the form stamps record them in).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 SPLITS = ("train", "val", "test")
@@ -56,19 +54,6 @@ def stamp(stage: str) -> str:
     return f"{stage}/stamp.json"
 
 
-@dataclass(frozen=True)
-class Build:
-    """One build folder (``build/<name>``)."""
-
-    root: Path
-
-    def __truediv__(self, rel: str) -> Path:
-        return Path(self.root) / rel
-
-    def labels(self) -> list[str]:
-        """The class names, in label order."""
-        return (self / LABELS).read_text(encoding="utf-8").splitlines()
-
-
 def read_labels(root: Path) -> list[str]:
-    return Build(root).labels()
+    """The class names of the build under ``root``, in label order."""
+    return (Path(root) / LABELS).read_text(encoding="utf-8").splitlines()
