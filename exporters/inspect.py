@@ -228,3 +228,41 @@ def keras_sparsity(model) -> float:
             zeros += int(np.sum(values == 0))
             total += values.size
     return round(zeros / total, 6) if total else 0.0
+
+
+def layer_of_tensor(name: str, layer_order: dict[str, int]) -> str | None:
+    """The Keras layer that made a converted tensor, from its name; None if no layer is named in it.
+
+    TFLite names a fused op's output after every op it fused, ``;``-joined
+    (``m/block_5_depthwise_relu/Relu6;m/block_5_depthwise_BN/...;m/block_5_depthwise/depthwise``):
+    the layer is the earliest of them in the model (the convolution, not its BatchNorm or
+    activation). Path segments are matched whole, so ``block_1_depthwise`` is not
+    ``block_11_depthwise``.
+    """
+    found = [segment for part in name.split(";") for segment in part.split("/") if segment in layer_order]
+    return min(found, key=layer_order.__getitem__) if found else None
+
+
+def tensors_of_layers(flatbuffer: bytes, layers, model) -> list[str]:
+    """Names of the op outputs in a TFLite flatbuffer that the Keras ``layers`` (names) made.
+
+    A layer that made no op output (a name that is not in the model, or one fused away) is an error.
+    """
+    schema = _schema()
+    order = {layer.name: i for i, layer in enumerate(model.layers)}
+    graph = schema.Model.GetRootAs(flatbuffer, 0).Subgraphs(0)
+    wanted = set(layers)
+    out, seen = [], set()
+    for k in range(graph.OperatorsLength()):
+        op = graph.Operators(k)
+        for index in op.OutputsAsNumpy().tolist():
+            name = graph.Tensors(index).Name().decode()
+            layer = layer_of_tensor(name, order)
+            if layer in wanted:
+                out.append(name)
+                seen.add(layer)
+    missing = sorted(wanted - seen)
+    if missing:
+        raise ValueError(f"no op of the converted model comes from layer(s) {', '.join(missing)}; "
+                         f"layers of this model: {', '.join(list(order)[:8])}...")
+    return out

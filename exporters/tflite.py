@@ -116,7 +116,7 @@ def representative_dataset(images: np.ndarray):
 _INTEGER_TYPES = {"uint8": (np.uint8, 0), "int8": (np.int8, -128)}  # numpy type, pixel offset
 
 
-def convert_full_integer(model, ctx: ExportContext, configure) -> bytes:
+def convert_full_integer(model, ctx: ExportContext, configure, quantize=None) -> bytes:
     """A full-integer TFLite flatbuffer of ``model`` with ``ctx.int8_input`` in, ``ctx.int8_output`` out.
 
     ``configure(converter, ctx)`` sets the quantization options (calibration for
@@ -142,7 +142,10 @@ def convert_full_integer(model, ctx: ExportContext, configure) -> bytes:
         ctx = replace(ctx, calibration_images=fold.normalize(ctx.calibration_images))
     converter = keras_converter(model)
     configure(converter, ctx)
-    flatbuffer = with_serving_signature(converter.convert(), model)
+    # ``quantize(converter, model, ctx)``: a converter that quantizes the calibrated model itself
+    # (tflite-int8-mixed keeps some layers float); by default the converter's own pass.
+    flatbuffer = with_serving_signature(converter.convert() if quantize is None else quantize(converter, model, ctx),
+                                        model)
     if ctx.int8_input not in _INTEGER_TYPES:
         return flatbuffer
     offset = _INTEGER_TYPES[ctx.int8_input][1]
@@ -256,6 +259,41 @@ class TFLiteInt8(TFLiteConverter):
         path.write_bytes(convert_full_integer(model, ctx, self.configure))
 
 
+class TFLiteInt8Mixed(TFLiteInt8):
+    """tflite-int8 with the layers in ``ctx.float_layers`` left in float32.
+
+    The converter only calibrates; TFLite's MLIR quantizer then quantizes the calibrated
+    model with those layers' ops on its deny list (what ``QuantizationDebugger`` does
+    with ``denylisted_nodes``), and float kernels are allowed for them alone.
+    """
+
+    format = "tflite-int8-mixed"
+
+    def configure(self, converter, ctx: ExportContext) -> None:
+        from core.keras_compat import tf
+
+        super().configure(converter, ctx)
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8, tf.lite.OpsSet.TFLITE_BUILTINS]
+        converter._experimental_calibrate_only = True  # noqa: SLF001 - the documented debugger recipe
+
+    def quantize(self, converter, model, ctx: ExportContext) -> bytes:
+        from core.keras_compat import tf
+        from tensorflow.lite.python.convert import mlir_quantize
+
+        from exporters.inspect import tensors_of_layers
+
+        calibrated = converter.convert()
+        denied = tensors_of_layers(calibrated, ctx.float_layers, model)
+        types = {"float": tf.float32, "int8": tf.int8, "uint8": tf.uint8}
+        return mlir_quantize(calibrated, input_data_type=types[ctx.int8_input],
+                             output_data_type=types[ctx.int8_output], denylisted_nodes=denied)
+
+    def export(self, model, path: Path, ctx: ExportContext) -> None:
+        if not ctx.float_layers:
+            raise ValueError(f"{self.format} needs the layers to keep in float (the repair search chooses them)")
+        path.write_bytes(convert_full_integer(model, ctx, self.configure, self.quantize))
+
+
 class TFLiteQATInt8(TFLiteInt8):
     """The learned ranges of the QAT model; the converter still reads calibration images, as for tflite-int8."""
 
@@ -266,4 +304,4 @@ class TFLitePrunedInt8(TFLiteInt8):
     format = "tflite-pruned-int8"
 
 
-CONVERTERS = (TFLiteFP32, TFLiteFP16, TFLiteDynamic, TFLiteInt8, TFLiteQATInt8, TFLitePrunedInt8)
+CONVERTERS = (TFLiteFP32, TFLiteFP16, TFLiteDynamic, TFLiteInt8, TFLiteInt8Mixed, TFLiteQATInt8, TFLitePrunedInt8)
