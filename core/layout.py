@@ -25,6 +25,7 @@ OPTIMIZE_REPORT = "optimize/report.json"
 # export stage
 STAGING = "export/staging"  # files before validation; a rejected one stays here
 EXPORT_RESULTS = "export/results.json"
+REPAIR_RECIPES = "export/recipes.json"  # the recipe each repaired format was chosen with, reused on a rebuild
 ARTIFACTS = "artifacts"  # the published bundle
 ARTIFACT_LABELS = "artifacts/labels.txt"
 MANIFEST = "artifacts/manifest.json"

@@ -29,7 +29,6 @@ def layer_sensitivity(model, ctx: ExportContext, images: np.ndarray) -> list[dic
     (raw pixels, no labels) are the ones the errors are measured on.
     """
     from core.keras_compat import tf
-    from tensorflow.lite.python import convert as _convert  # noqa: F401  (the debugger's converter backend)
     from tensorflow.lite.tools.optimize.debugging.python import debugger
 
     from exporters.folding import fold_normalization

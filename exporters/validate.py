@@ -8,6 +8,7 @@ from typing import Optional
 
 import numpy as np
 
+from core import stats
 from exporters.registry import Format
 from exporters.runtimes import load_predictor
 
@@ -23,6 +24,16 @@ class Validation:
     min_top1_agreement: Optional[float]
     max_abs_diff_budget: Optional[float]
     max_accuracy_drop_pp: Optional[float]
+    # The paired table against Keras on these images (core.stats): the interval of the top-1
+    # change, the exact McNemar test, agreement with its interval, and the verdict on the budget.
+    paired: dict
+
+    @property
+    def verdict(self) -> str:
+        """``within``/``over``/``unproven`` for the accuracy budget; ``within``/``over`` for exact formats."""
+        if self.max_accuracy_drop_pp is not None:
+            return self.paired["verdict"]
+        return "over" if self.failures else "within"
 
     @property
     def failures(self) -> list[str]:
@@ -32,9 +43,26 @@ class Validation:
             out.append(f"top-1 agreement {self.top1_agreement:.4f} < {self.min_top1_agreement}")
         if self.max_abs_diff_budget is not None and not self.max_abs_diff <= self.max_abs_diff_budget:
             out.append(f"max |dp| {self.max_abs_diff:.3g} > {self.max_abs_diff_budget:g}")
-        if self.max_accuracy_drop_pp is not None and not self.accuracy_drop_pp <= self.max_accuracy_drop_pp:
-            out.append(f"top-1 dropped {self.accuracy_drop_pp:.2f} pp > budget {self.max_accuracy_drop_pp:g} pp")
+        if self.max_accuracy_drop_pp is not None and self.paired["verdict"] == "over":
+            out.append(f"top-1 dropped {self.accuracy_drop_pp:.2f} pp{self._interval()}, over the "
+                       f"{self.max_accuracy_drop_pp:g} pp budget even at the interval's best")
         return out
+
+    @property
+    def unproven(self) -> Optional[str]:
+        """Why this test set cannot tell whether the file meets its budget (None: it can)."""
+        if self.max_accuracy_drop_pp is None or self.paired["verdict"] != "unproven":
+            return None
+        needed = self.paired.get("images_to_settle")
+        settle = (f"about {needed:,} test images in the same proportions would settle it" if needed else
+                  "no affordable number of test images settles it: the drop sits on the budget")
+        return (f"top-1 {-self.accuracy_drop_pp + 0.0:+.2f} pp{self._interval()} is neither within nor over the "
+                f"{self.max_accuracy_drop_pp:g} pp budget on {self.images} test images (one image is "
+                f"{100 / max(self.images, 1):.2f} pp); {settle}")
+
+    def _interval(self) -> str:
+        low, high = self.paired["delta_interval_pp"]
+        return f" (95% interval {low:+.2f} to {high:+.2f} pp, McNemar p={self.paired['mcnemar_p']:.3g})"
 
     @property
     def passed(self) -> bool:
@@ -51,6 +79,7 @@ def compare(probs: np.ndarray, reference: np.ndarray, labels: np.ndarray, export
         raise ValueError(f"output shape {probs.shape} differs from the Keras model's {reference.shape}")
     top1 = float(np.mean(probs.argmax(1) == labels))
     reference_top1 = float(np.mean(reference.argmax(1) == labels))
+    budget = exporter.max_accuracy_drop_pp if max_accuracy_drop_pp is None else max_accuracy_drop_pp
     return Validation(
         images=int(len(labels)),
         top1=top1,
@@ -60,7 +89,8 @@ def compare(probs: np.ndarray, reference: np.ndarray, labels: np.ndarray, export
         max_abs_diff=float(np.max(np.abs(probs - reference))) if len(labels) else 0.0,
         min_top1_agreement=exporter.min_top1_agreement,
         max_abs_diff_budget=exporter.max_abs_diff,
-        max_accuracy_drop_pp=exporter.max_accuracy_drop_pp if max_accuracy_drop_pp is None else max_accuracy_drop_pp,
+        max_accuracy_drop_pp=budget,
+        paired=stats.paired(reference, probs, labels).as_dict(budget),
     )
 
 

@@ -270,6 +270,28 @@ class ExportConfig(_Section):
         default="fail",
         description="`fail`: a file over budget fails the run (exit 1) and is not published; `warn`: it is "
                     "published and marked `warned` in results.json")
+    on_unproven: Literal["warn", "fail"] = Field(
+        default="warn",
+        description="a lossy file whose 95% interval of the top-1 change straddles its budget (the test split "
+                    "cannot tell whether it meets it): `warn` publishes it and says how many test images would "
+                    "settle it; `fail` treats it as over budget")
+    repair: bool = Field(
+        default=True,
+        description="when a post-training int8 file is not proven within its budget on the validation split, "
+                    "or agrees with Keras there less than `repair_min_agreement`, try more calibration images and "
+                    "the quantizer's other calibration methods, and keep the best variant on the validation split "
+                    "(the test split only gives the verdict). The mixed formats (`*-int8-mixed`) always choose "
+                    "their float layers this way")
+    repair_min_agreement: float = Field(
+        default=0.97, ge=0.0, le=1.0,
+        description="top-1 agreement with Keras on the validation split that ends the repair search early")
+    repair_max_float_layers: int = Field(
+        default=8, ge=1, le=64,
+        description="most layers a mixed format (`tflite-int8-mixed`, `onnx-int8-mixed`) may keep in float32")
+    fidelity_train_images: int = Field(
+        default=1000, ge=0,
+        description="training images (a seeded choice among those no calibration used) on which agreement and KL "
+                    "with Keras are also reported, apart from the held-out splits; 0 skips them")
     latency_runs: int = Field(
         default=30, ge=0,
         description="single-image runs for the export stage's quick latency figure (median, 1 thread); 0 skips it")

@@ -25,7 +25,7 @@ from core.io import gzip_size, sha256_file
 
 MANIFEST = Path(layout.MANIFEST).name
 SCHEMA_FILE = Path(__file__).with_name("manifest.schema.json")
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2  # 2: validation carries the interval, McNemar p and verdict; repaired files their recipe
 FINGERPRINT_RULE = "sha256 over each file's relative path, a NUL byte and the sha256 of its bytes, in listed order"
 
 
@@ -138,8 +138,14 @@ def artifact_entry(path: Path, result: dict, contract: dict, delegates: dict | N
             "status": result["status"], "images": validation["images"], "top1": validation["top1"],
             "reference_top1": validation["reference_top1"], "delta_pp": result["accuracy"]["delta_pp"],
             "top1_agreement": validation["top1_agreement"], "max_abs_diff": validation["max_abs_diff"],
+            "delta_interval_pp": validation["paired"]["delta_interval_pp"],
+            "mcnemar_p": validation["paired"]["mcnemar_p"], "verdict": result["verdict"],
         },
     }
+    if result.get("recipe") is not None:
+        # How it was calibrated, and which layers stay float (chosen on the validation split).
+        entry["recipe"] = {**result["recipe"], "chosen_on": "validation split",
+                           "reused": bool((result.get("repair") or {}).get("reused", False))}
     if kind.metadata is not None:
         read = metadata.read_metadata(path)
         inp = read["input"]

@@ -86,7 +86,9 @@ def test_file_over_budget_fails_the_run_and_is_not_published(budget_dir, monkeyp
     path = write_config(budget_dir / "tiny.yaml", **{**TINY_SECTIONS, "export": {"formats": [exporter.name],
                                                                                  "latency_runs": 0}})
     cfg = load_config(path)
-    monkeypatch.setattr(exporter, attr, -1.0)  # no file can meet this
+    # No file can meet this: for the accuracy budget, even the best end of the 95% interval of the
+    # drop (about -1.4 pp on 270 test images) must be over it, or the verdict is "unproven".
+    monkeypatch.setattr(exporter, attr, -1.0 if attr == "max_abs_diff" else -50.0)
     with pytest.raises(BudgetError) as err:
         runner.run(cfg, str(path))
     staged = cfg.build_root / "export/staging" / file

@@ -3,7 +3,12 @@
 Each file is written to ``export/staging/``, given its metadata (labels, the
 preprocessing contract; ``exporters.metadata``), loaded in its real runtime, run
 on the real test split and compared with the Keras model and with itself before
-the metadata was added. Only a file within its budget is moved into
+the metadata was added. A lossy file gets a verdict from the paired statistics
+(``core.stats``): ``within`` or ``over`` its budget, or ``unproven`` when the test
+split cannot tell. Post-training int8 files are first repaired on the validation
+split where they need it (``pipeline.repair``), and every file's agreement with
+Keras is also measured on the validation split and on training images no
+calibration used. Only a file within its budget is moved into
 ``artifacts/``; one that fails stays in staging for inspection, every result is
 still written to ``export/results.json``, and the run then fails naming each
 rejected file. ``artifacts/manifest.json`` describes what was published.
@@ -27,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from core import layout
+from core import layout, stats
 from core.errors import BudgetError, DataError, ExportError, one_line
 from core.io import atomic_path, gzip_size, sha256_file, write_json
 from core.layout import read_labels
@@ -36,7 +41,7 @@ from exporters import convert, delegates, inspect, registry
 from exporters import metadata as file_metadata
 from exporters.runtimes import KerasSession, load_predictor, median_latency_ms, open_session
 from exporters.validate import compare
-from pipeline import manifest, models
+from pipeline import manifest, models, repair
 from pipeline.config import Config
 from pipeline.stages import Stage
 from pipeline.trained import load_trained, needed_models, outputs_for
@@ -52,15 +57,16 @@ def _artifacts(cfg: Config) -> tuple[str, ...]:
 STAGE = Stage(
     name="export",
     module=__name__,
-    deps=(layout.MODEL, layout.split("train"), layout.split("test"), layout.LABELS, layout.SCAN),
-    outs=(layout.ARTIFACT_LABELS, layout.MANIFEST, layout.EXPORT_RESULTS),
+    deps=(layout.MODEL, layout.split("train"), layout.split("val"), layout.split("test"), layout.LABELS, layout.SCAN),
+    outs=(layout.ARTIFACT_LABELS, layout.MANIFEST, layout.EXPORT_RESULTS, layout.REPAIR_RECIPES),
     extra_deps=outputs_for,
     extra_outs=_artifacts,
     params=("export",),
 )
 
 
-RESULTS_SCHEMA_VERSION = 1
+RESULTS_SCHEMA_VERSION = 2
+SENSITIVITY_IMAGES = 64  # training images the per-layer int8 errors are measured on
 TOOLS = ("tensorflow", "tf_keras", "tensorflow-model-optimization", "tf2onnx", "onnx", "onnxruntime", "ai-edge-litert")
 
 
@@ -121,6 +127,10 @@ class Reference:
     top1: float
     majority_class_rate: float
     latency_ms: float | None
+    val: repair.Validation | None = None
+    # Training images no calibration recipe uses (a seeded choice), with the Keras outputs on them.
+    train_images: np.ndarray | None = None
+    train_probabilities: np.ndarray | None = None
 
     @property
     def untrained(self) -> bool:
@@ -134,10 +144,13 @@ def reference(cfg: Config, root: Path) -> Reference:
     model = load_trained(root, "finetune")
     session = KerasSession(model)
     probs = session.predict(x_test)
+    x_val, y_val = load_split(root / layout.split("val"))
+    x_val = x_val.astype(np.float32)
     ref = Reference(model, x_test, y_test, probs, top1=float(np.mean(probs.argmax(1) == y_test)),
                     majority_class_rate=float(np.bincount(y_test).max() / len(y_test)),
                     latency_ms=median_latency_ms(session, x_test[:1], cfg.export.latency_runs)
-                    if cfg.export.latency_runs else None)
+                    if cfg.export.latency_runs else None,
+                    val=repair.Validation(x_val, y_val, session.predict(x_val)) if len(y_val) else None)
     log.info("[export] Keras reference: test top-1 %.4f on %d images", ref.top1, len(y_test))
     if ref.untrained:
         log.warning("[export] the Keras model's test top-1 %.4f is no better than always guessing the largest "
@@ -155,6 +168,14 @@ def _fresh_folders(ctx) -> tuple[Path, Path]:
     return staging, artifacts
 
 
+def fidelity_train_indices(train_size: int, cfg: Config) -> np.ndarray:
+    """A seeded choice of training images that no calibration recipe the repair may try uses."""
+    largest = min(train_size, cfg.export.calibration_samples * max(repair.CALIBRATION_GROWTH))
+    unused = np.setdiff1d(np.arange(train_size), calibration_indices(train_size, largest, cfg.data.seed))
+    rng = np.random.default_rng(cfg.data.seed + 1)
+    return np.sort(rng.permutation(unused)[:cfg.export.fidelity_train_images])
+
+
 @dataclass
 class Publishing:
     """What the per-format steps share, and what they found."""
@@ -169,6 +190,32 @@ class Publishing:
     entries: list
     rejected: list
     unconverted: list
+    train: np.ndarray | None = None  # the training split (calibration images come from it)
+    sensitivity: list | None = None  # per-layer int8 errors of the fine-tuned model (computed once)
+    warnings: list = None
+
+    def context(self, recipe: "repair.Recipe | None") -> convert.ExportContext:
+        """The converters' context for ``recipe`` (None: the config's own calibration)."""
+        from dataclasses import replace
+
+        if recipe is None:
+            return self.export_ctx
+        chosen = calibration_indices(len(self.train), recipe.calibration_images, self.cfg.data.seed)
+        return replace(self.export_ctx, calibration_images=self.train[chosen].astype(np.float32),
+                       calibration_method=recipe.calibration_method, float_layers=recipe.float_layers)
+
+    def layer_sensitivity(self) -> list:
+        """The fine-tuned model's layers, most sensitive to int8 first (TFLite's debugger)."""
+        if self.sensitivity is None:
+            from exporters.sensitivity import layer_sensitivity
+
+            started = time.time()
+            images = self.export_ctx.calibration_images[:SENSITIVITY_IMAGES]
+            self.sensitivity = layer_sensitivity(self.ref.model, self.export_ctx, images)
+            log.info("[export] per-layer int8 sensitivity of the fine-tuned model on %d training images (%.0f s): "
+                     "%s", len(images), time.time() - started,
+                     ", ".join(f"{r['layer']} {r['rmse_per_scale']:.2f}" for r in self.sensitivity[:5]))
+        return self.sensitivity
 
 
 def run(cfg: Config, ctx) -> None:
@@ -179,11 +226,18 @@ def run(cfg: Config, ctx) -> None:
     contract = models.preprocessing_contract(cfg.model, cfg.data.image_size)
     x_train, _ = load_split(ctx.path(layout.split("train")))
     chosen = calibration_indices(len(x_train), cfg.export.calibration_samples, cfg.data.seed)
+    fidelity_train = fidelity_train_indices(len(x_train), cfg)
+    if len(fidelity_train):
+        ref.train_images = x_train[fidelity_train].astype(np.float32)
+        ref.train_probabilities = KerasSession(ref.model).predict(ref.train_images)
     export_ctx = convert.ExportContext(image_size=cfg.data.image_size, onnx_opset=cfg.export.onnx_opset,
                                        calibration_images=x_train[chosen].astype(np.float32),
                                        int8_input=cfg.export.int8_input, int8_output=cfg.export.int8_output)
     job = Publishing(cfg, ctx, ref, model_info(cfg, class_names, contract), export_ctx, staging, artifacts,
-                     entries=[], rejected=[], unconverted=[])
+                     entries=[], rejected=[], unconverted=[], train=x_train, warnings=[])
+    recorded = _recorded_sensitivity(ctx)
+    if recorded is not None and recorded.get("model_sha256") == sha256_file(ctx.path(layout.MODEL)):
+        job.sensitivity = recorded["layers"]  # a rebuild does not measure it again
     trained = {"finetune": ref.model}  # pruned / QAT models are rebuilt on first use
     for fmt in cfg.export.formats:
         source = registry.get(fmt).source
@@ -195,28 +249,57 @@ def run(cfg: Config, ctx) -> None:
     with atomic_path(labels_out) as tmp:
         shutil.copyfile(ctx.path(layout.LABELS), tmp)
     ctx.record_output(labels_out)
+    if job.sensitivity is None and any(_post_training(f) for f in cfg.export.formats):
+        job.layer_sensitivity()  # the report shows it for every int8 file
+    if job.sensitivity is not None:
+        repair.record_sensitivity(ctx.path(layout.REPAIR_RECIPES), sha256_file(ctx.path(layout.MODEL)),
+                                  job.sensitivity)
     results = _results(cfg, ctx, class_names, contract, job)
     results_path = ctx.path(layout.EXPORT_RESULTS)
     write_json(results_path, results)
     published = [e for e in job.entries if e["status"] != "failed"]
     if published:
         _write_manifest(cfg, ctx, job, results, contract, published, x_train[chosen], chosen, labels_out)
+    for warning in job.warnings:
+        log.warning("[export] %s", warning)
     # results.json is written, but no stamp: the next run tries the export again.
     _raise_failures(job)
     ctx.record_output(results_path)
+    if ctx.path(layout.REPAIR_RECIPES).exists():
+        ctx.record_output(ctx.path(layout.REPAIR_RECIPES))
+
+
+def _post_training(fmt: str) -> bool:
+    """Calibrated from the fine-tuned model (not QAT, whose ranges were learned): what repair can change."""
+    spec = registry.get(fmt)
+    return spec.needs_calibration and spec.source == "finetune"
+
+
+def _recorded_sensitivity(ctx) -> dict | None:
+    try:
+        return json.loads(ctx.path(layout.REPAIR_RECIPES).read_text(encoding="utf-8")).get("sensitivity")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 class _NotConverted(Exception):
     """A converter raised: carries its exception (``__cause__``) out of the staging block."""
 
 
-def _convert(job: Publishing, fmt: str, model, staged: Path):
-    """Convert into ``staged``, with metadata; return the outputs before the metadata went in (None: no metadata)."""
+def _convert(job: Publishing, fmt: str, model, staged: Path, export_ctx: convert.ExportContext,
+             prebuilt: Path | None = None):
+    """Convert into ``staged``, with metadata; return the outputs before the metadata went in (None: no metadata).
+
+    ``prebuilt``: the file the repair search already converted with this recipe (copied, not converted again).
+    """
     spec = registry.get(fmt)
     plain = None
     with atomic_path(staged) as tmp:
         try:
-            convert.get(fmt).export(model, tmp, job.export_ctx)
+            if prebuilt is not None:
+                shutil.copyfile(prebuilt, tmp)
+            else:
+                convert.get(fmt).export(model, tmp, export_ctx)
         except Exception as exc:  # the converter's own error (TFLite, tf2onnx, the ORT quantizer)
             raise _NotConverted(exc) from exc  # out of atomic_path: no file is left
         if spec.kind().metadata is not None:
@@ -233,7 +316,9 @@ def _export_format(job: Publishing, fmt: str, model) -> None:
     staged = job.staging / filename
     started = time.time()
     try:
-        plain = _convert(job, fmt, model, staged)
+        recipe, prebuilt, repaired = _choose_recipe(job, fmt, model)
+        plain = _convert(job, fmt, model, staged, job.context(recipe), prebuilt)
+        shutil.rmtree(job.staging / "repair", ignore_errors=True)  # the other candidates
     except _NotConverted as failed:
         # A converter can refuse a model the user's config made (an untrained QAT model's
         # degenerate quantization ranges, say): that format fails, the others are still made.
@@ -249,12 +334,21 @@ def _export_format(job: Publishing, fmt: str, model) -> None:
     export_s = time.time() - started
     probs = load_predictor(staged, spec.runtime, cfg.export.threads)(ref.images)
     check = compare(probs, ref.probabilities, ref.labels, spec, cfg.export.budgets.get(fmt))
+    fidelity = {"test": stats.fidelity(ref.probabilities, probs)}
+    session = open_session(staged, spec.runtime, cfg.export.threads)
+    if ref.val is not None:
+        fidelity["val"] = stats.fidelity(ref.val.reference, session.predict(ref.val.images))
+    if ref.train_images is not None:
+        # The model was trained on these images: reported apart from the held-out splits.
+        fidelity["train_not_calibration"] = stats.fidelity(ref.train_probabilities, session.predict(ref.train_images))
     entry = {
         "name": f"{cfg.name}-{fmt}", "format": fmt, "runtime": spec.runtime, "precision": spec.precision,
         "source_model": spec.source, "file": filename, "bytes": staged.stat().st_size,
         "gzip_bytes": gzip_size(staged), "sha256": sha256_file(staged),
         "accuracy": {"top1": check.top1, "delta_pp": round(-check.accuracy_drop_pp, 4) + 0.0},
-        "validation": check.as_dict(), "export_seconds": round(export_s, 2),
+        "validation": check.as_dict(), "verdict": check.verdict, "fidelity": fidelity,
+        "recipe": recipe.as_dict() if recipe is not None else None, "repair": repaired,
+        "export_seconds": round(export_s, 2),
         **inspect_file(staged, spec, model),
     }
     failures = check.failures
@@ -267,6 +361,16 @@ def _export_format(job: Publishing, fmt: str, model) -> None:
             failures = failures + ["adding its metadata changed its outputs on the test images"]
     if spec.runtime == "litert":
         entry["delegates"] = delegates.tflite_delegates(staged)
+    unproven = check.unproven
+    if unproven is not None:
+        unproven = f"{fmt}: {unproven}{_advice(job, spec)}"
+        if cfg.export.on_unproven == "fail":
+            failures = failures + [f"{unproven} (export.on_unproven: fail)"]
+        else:
+            entry["warning"] = unproven
+            job.warnings.append(f"{unproven} (export.on_unproven: warn; published)")
+    elif failures and spec.max_accuracy_drop_pp is not None:
+        failures = [failures[0] + _advice(job, spec)] + failures[1:]
     entry["status"] = "passed" if not failures else ("warned" if cfg.export.on_budget_fail == "warn" else "failed")
     if cfg.export.latency_runs:
         entry["latency_ms"] = median_latency_ms(open_session(staged, spec.runtime, threads=1), ref.images[:1],
@@ -283,15 +387,91 @@ def _publish_or_reject(job: Publishing, entry: dict, staged: Path, check, failur
         published = job.artifacts / filename
         os.replace(staged, published)
         job.ctx.record_output(published)
-        log.info("[export] %-14s %-28s %9.1f KB  top-1 %.4f (%+.2f pp)  agreement %.4f  max|dp| %.2e%s",
-                 fmt, filename, entry["bytes"] / 1024, check.top1, entry["accuracy"]["delta_pp"],
-                 check.top1_agreement, check.max_abs_diff,
+        low, high = check.paired["delta_interval_pp"]
+        log.info("[export] %-14s %-28s %9.1f KB  top-1 %.4f (%+.2f pp, 95%% %+.2f..%+.2f, McNemar p=%.2g)  "
+                 "agreement %.4f  max|dp| %.2e  %s%s",
+                 fmt, filename, entry["bytes"] / 1024, check.top1, entry["accuracy"]["delta_pp"], low, high,
+                 check.paired["mcnemar_p"], check.top1_agreement, check.max_abs_diff, check.verdict,
                  f"  OVER BUDGET (warn): {entry['error']}" if failures else "")
     else:
         entry["file"] = str(Path(layout.STAGING) / filename)
         job.rejected.append(f"{staged} ({entry['error']})")
         log.error("[export] %-14s %s REJECTED: %s", fmt, filename, entry["error"])
     job.entries.append(entry)
+
+
+def _choose_recipe(job: Publishing, fmt: str, model):
+    """(recipe, prebuilt file or None, repair record or None) for ``fmt``; None recipe: not a post-training format.
+
+    Converter errors leave as ``_NotConverted`` (the format is then not made).
+    """
+    cfg, spec = job.cfg, registry.get(fmt)
+    if not _post_training(fmt):
+        return None, None, None
+    base = repair.Recipe(cfg.export.calibration_samples)
+    budget = cfg.export.budgets.get(fmt, spec.max_accuracy_drop_pp)
+    searching = spec.float_fallback or cfg.export.repair
+    key = repair.recipe_key(
+        format=fmt, model=sha256_file(job.ctx.path(layout.MODEL)), base=base.as_dict(), seed=cfg.data.seed,
+        budget=budget, min_agreement=cfg.export.repair_min_agreement, searching=searching,
+        max_float_layers=cfg.export.repair_max_float_layers, int8=[cfg.export.int8_input, cfg.export.int8_output],
+        val=sha256_file(job.ctx.path(layout.split("val"))))
+    recipes = job.ctx.path(layout.REPAIR_RECIPES)
+    found = repair.recorded(recipes, fmt, key)
+    if found is not None:
+        recipe = repair.Recipe.from_dict(found["recipe"])
+        log.info("[export] %-14s reusing the recipe chosen earlier (%s), no search", fmt, recipe.describe())
+        return recipe, None, {**found, "reused": True}
+    if not searching or job.ref.val is None:
+        return base, None, None
+    workdir = job.staging / "repair" / fmt
+    workdir.mkdir(parents=True, exist_ok=True)
+    runtime, suffix = spec.runtime, spec.kind().extension
+
+    def build(recipe: repair.Recipe):
+        path = workdir / f"candidate_{len(list(workdir.iterdir()))}{suffix}"
+        convert.get(fmt).export(model, path, job.context(recipe))
+        return path, load_predictor(path, runtime, cfg.export.threads)(job.ref.val.images)
+
+    ranking = None
+    try:
+        if spec.float_fallback:
+            ranking = job.layer_sensitivity()
+            candidates = repair.float_candidates(base, [r["layer"] for r in ranking], cfg.export.repair_max_float_layers)
+            best, attempts = repair.search(candidates, build, job.ref.val, budget, cfg.export.repair_min_agreement)
+        else:
+            started = time.time()
+            path, probs = build(base)
+            figures, settled = repair.score(probs, job.ref.val, budget, cfg.export.repair_min_agreement)
+            first = repair.Attempt(base, figures, settled, time.time() - started, path)
+            log.info("[export] %-14s val agreement %.4f, Δ top-1 %+.2f pp (%s)%s", fmt, figures["agreement"],
+                     figures["delta_pp"], figures["verdict"], "" if settled else ": repairing on the validation split")
+            candidates = repair.calibration_candidates(base, spec.calibration_methods, len(job.train))
+            best, attempts = repair.search(candidates, build, job.ref.val, budget, cfg.export.repair_min_agreement,
+                                           first)
+    except Exception as exc:
+        raise _NotConverted(exc) from exc
+    record = repair.record(recipes, fmt, key, best.recipe, attempts, None)
+    if len(attempts) > 1:
+        log.info("[export] %-14s chose %s on the validation split (agreement %.4f) of %d attempts", fmt,
+                 best.recipe.describe(), best.val["agreement"], len(attempts))
+    return best.recipe, best.file, {**record, "reused": False}
+
+
+def _advice(job: Publishing, spec) -> str:
+    """What to try for a lossy file that is not within budget, with the measured figures behind it."""
+    top = ", ".join(f"{r['layer']} ({r['rmse_per_scale']:.2f})" for r in (job.sensitivity or [])[:3])
+    layers = f"; most int8-sensitive layers (rmse/scale): {top}" if top else ""
+    if spec.source == "pruned-qat":
+        return (f". Try more optimize.prune.epochs, a lower optimize.prune.target_sparsity, or keeping the "
+                f"sensitive layers dense{layers}")
+    if spec.source == "qat":
+        return f". Try more optimize.qat.epochs or a lower optimize.qat.lr{layers}"
+    if spec.needs_calibration and not spec.float_fallback:
+        mixed = {"litert": "tflite-int8-mixed", "onnxruntime": "onnx-int8-mixed"}.get(spec.runtime)
+        return (f". Where an int8-only accelerator is not the target, add {mixed} to export.formats (it keeps "
+                f"the most sensitive layers in float){layers}" if mixed else layers)
+    return layers
 
 
 def _results(cfg: Config, ctx, class_names: list[str], contract: dict, job: Publishing) -> dict:
@@ -315,7 +495,17 @@ def _results(cfg: Config, ctx, class_names: list[str], contract: dict, job: Publ
         "reference": {"format": "keras", "accuracy": {"top1": ref.top1, "majority_class_rate": ref.majority_class_rate},
                       "at_chance": ref.untrained, "latency_ms": ref.latency_ms},
         "artifacts": job.entries,
+        "statistics": {"interval": "95%, Newcombe's method 10 for paired proportions (Wilson score)",
+                       "test": "exact McNemar on the discordant pairs",
+                       "verdict": "within: the interval's largest drop ≤ budget; over: its smallest drop > budget; "
+                                  "unproven: neither",
+                       "choices_made_on": "validation split (the test split only gives verdicts)"},
+        "fidelity_images": {"val": 0 if ref.val is None else int(len(ref.val.labels)),
+                            "train_not_calibration": 0 if ref.train_images is None else int(len(ref.train_images))},
     }
+    if job.sensitivity is not None:
+        results["sensitivity"] = {"model": "finetune", "images": SENSITIVITY_IMAGES, "metric": "rmse/scale",
+                                  "layers": job.sensitivity}
     report = ctx.path(layout.OPTIMIZE_REPORT)
     if needed_models(cfg) and report.exists():
         results["optimize"] = json.loads(report.read_text())
