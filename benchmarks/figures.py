@@ -138,6 +138,7 @@ def build_section(export: dict, bench: Optional[dict] = None, manifest: Optional
                       if same else "whether it measured the files of manifest.json is not recorded."))
     out.append("")
     out += export_table(export)
+    out += proof_table(export)
     if bench and bench.get("benchmark"):
         out += bench_tables(bench["benchmark"])
     if throughput:
@@ -189,6 +190,71 @@ def export_table(export: dict) -> list[str]:
               "in each file's own runtime; sparsity is the share of zero weights among the prunable ones, read from the "
               "file. A file that failed its budget stays in `export/staging/`. Quick ms: the export stage's median of single-image runs at 1 thread, "
               f"and its ratio to the Keras model as a compiled `tf.function` ({_num(keras_ms, '.3f')} ms).", ""]
+    return lines
+
+
+def _interval(pair: Any, fmt: str = "+.2f") -> str:
+    return "—" if not pair else f"[{format(pair[0], fmt)}, {format(pair[1], fmt)}]"
+
+
+def _recipe_text(recipe: Optional[dict]) -> str:
+    if not recipe:
+        return "—"
+    floats = recipe.get("float_layers") or []
+    return (f"{recipe.get('calibration_method')} on {recipe.get('calibration_images')} images"
+            + (f", float: {', '.join(floats)}" if floats else ""))
+
+
+def proof_table(export: dict) -> list[str]:
+    """Per file: the paired statistics against Keras on the test split, fidelity on every split, the recipe;
+    then the repair attempts of every repaired file, with their validation figures."""
+    rows, attempts = [], []
+    for a in export.get("artifacts", []):
+        paired = (a.get("validation") or {}).get("paired")
+        if not paired:
+            continue  # results written before the paired statistics
+        fid = a.get("fidelity") or {}
+        verdict = a.get("verdict", "")
+        if paired.get("budget_pp") is not None:
+            verdict += f" (≤ {paired['budget_pp']:g} pp)"
+        if paired.get("images_to_settle"):
+            verdict += f"; ~{paired['images_to_settle']:,} images would settle it"
+        rows.append([
+            a.get("format", ""),
+            f"{paired['delta_pp']:+.2f} {_interval(paired.get('delta_interval_pp'))}",
+            f"{paired.get('lost')} / {paired.get('gained')}",
+            _num(paired.get("mcnemar_p"), ".3g"),
+            verdict,
+            f"{paired['agreement']:.4f} {_interval(paired.get('agreement_interval'), '.3f')}",
+            *(f"{_num((fid.get(split) or {}).get('agreement'), '.4f')} ({_num((fid.get(split) or {}).get('images'), 'd')})"
+              for split in ("val", "train_not_calibration")),
+            _num((fid.get("test") or {}).get("agreement_confident"), ".4f"),
+            _num((fid.get("test") or {}).get("kl_mean"), ".2e"),
+            _recipe_text(a.get("recipe")),
+        ])
+        repair = a.get("repair") or {}
+        for attempt in repair.get("attempts") or []:
+            val = attempt.get("val") or {}
+            attempts.append([a.get("format", ""), _recipe_text(attempt.get("recipe")),
+                             _num(val.get("agreement"), ".4f"),
+                             f"{_num(val.get('delta_pp'), '+.2f')} {_interval(val.get('delta_interval_pp'))}",
+                             val.get("verdict", ""), _num(attempt.get("seconds"), ".0f"),
+                             "✓" if attempt.get("recipe") == a.get("recipe") else ""])
+    if not rows:
+        return []
+    stats = export.get("statistics") or {}
+    lines = ["### As accurate as the Keras model?", ""]
+    lines += _table(["format", "Δ top-1 pp [95%]", "lost / gained", "McNemar p", "verdict", "agreement test [95%]",
+                     "agreement val (images)", "agreement train, uncalibrated (images)",
+                     "agreement where Keras is confident", "KL test", "recipe"], rows)
+    lines += ["", f"Test split, paired with the Keras model on the same images: interval {stats.get('interval', '—')}; "
+              f"{stats.get('test', '')}. Confident: Keras's top-1 minus top-2 probability ≥ 0.1. The recipes were "
+              f"chosen on the {stats.get('choices_made_on', 'validation split')}.", ""]
+    if attempts:
+        lines += ["#### Repair attempts (validation split)", ""]
+        lines += _table(["format", "recipe", "val agreement", "val Δ top-1 pp [95%]", "val verdict", "seconds",
+                         "chosen"], attempts)
+        lines.append("")
     return lines
 
 

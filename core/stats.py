@@ -184,7 +184,7 @@ def fidelity(reference_probs: np.ndarray, probs: np.ndarray, confident_margin: f
     agreed_each = reference_probs.argmax(1) == probs.argmax(1)
     p = np.clip(reference_probs.astype(np.float64), 1e-7, 1.0)
     q = np.clip(probs.astype(np.float64), 1e-7, 1.0)
-    kl = np.sum(p * (np.log(p) - np.log(q)), axis=1)
+    kl = np.maximum(np.sum(p * (np.log(p) - np.log(q)), axis=1), 0.0)  # clipping can leave -1e-9
     ordered = np.sort(reference_probs, axis=1)
     confident = (ordered[:, -1] - ordered[:, -2]) >= confident_margin if reference_probs.shape[1] > 1 else \
         np.ones(n, bool)
