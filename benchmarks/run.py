@@ -26,6 +26,7 @@ from benchmarks import accuracy, efficiency
 from benchmarks.inputs import input_size, write_inputs
 from benchmarks.latency import Worker, WorkerError, interleave, relative_ci, summarize
 from benchmarks.targets import Target, available_cpus, load_targets
+from exporters import registry
 from exporters.registry import FILE_KINDS, is_model_file, kind_of_file
 from core import layout
 from core.errors import ConfigError, PipelineError
@@ -231,8 +232,13 @@ def target_rows(target: Target, entries: list[dict], measured: dict, seconds: fl
         }
         rows.append(row)
     keras_row = next(r for r in rows if r["artifact"] == KERAS_KEY)
+    by_format = {r["format"]: r for r in rows if r["origin"] == "build"}
     for e, row in zip(entries, rows):
         row["ratio_to_keras"] = _ratios(row, keras_row)
+        sibling = registry.get(e["format"]).all_int8 if e["origin"] == "build" and e["format"] else None
+        if sibling in by_format:
+            # What keeping layers in float costs, measured beside the all-int8 file in the same run.
+            row["ratio_to_all_int8"] = {"format": sibling, **_ratios(row, by_format[sibling])}
         if e["key"] in probs:
             acc = accuracy.metrics(probs[e["key"]], labels, class_names)
             acc["delta_pp"] = round(100 * (acc["top1"] - keras_acc["top1"]), 4) + 0.0

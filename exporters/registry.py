@@ -85,6 +85,8 @@ class Format:
     # never breaks its promise: a fully integer one gets no float layers.
     calibration_methods: ClassVar[tuple[str, ...]] = ()
     float_fallback: ClassVar[bool] = False
+    # A mixed format's all-int8 counterpart: the benchmark reports the mixed file's latency against it.
+    all_int8: ClassVar[Optional[str]] = None
     # Which trained model it converts: "finetune" (the fp32 model), or one the
     # optimize stage wrote: "qat" (quantization-aware) or "pruned-qat" (pruned,
     # then quantization-aware with the sparsity preserved).
@@ -214,6 +216,7 @@ class TFLiteInt8Mixed(TFLiteInt8):
                    "validation split); not for int8-only accelerators")
     fully_integer = False
     float_fallback = True
+    all_int8 = "tflite-int8"
 
 
 @register("tflite-qat-int8")
