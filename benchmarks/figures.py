@@ -289,6 +289,8 @@ def bench_tables(b: dict) -> list[str]:
                 _num(acc.get("delta_pp"), "+.2f") if acc else "—",
                 _num(latency.get("p50"), ".3f"), _num(latency.get("p90"), ".3f"),
                 _ratio(ratio.get("p50")), _ratio(ratio.get("p90")),
+                (f"{_ratio(r['ratio_to_all_int8'].get('p50'))} × {r['ratio_to_all_int8']['format']}"
+                 if r.get("ratio_to_all_int8") else "—"),
                 _num(latency.get("runs"), "d"),
                 _num((r.get("memory") or {}).get("peak_rss_mb"), ".0f"),
                 _num(r.get("bytes"), ","),
@@ -296,7 +298,7 @@ def bench_tables(b: dict) -> list[str]:
                     budget.get("failures") or [])),
             ])
         lines += _table(["file", "top-1 (images)", "Δ vs Keras (pp)", "p50 ms", "p90 ms", "p50 × Keras",
-                         "p90 × Keras", "runs", "peak RSS MiB", "bytes", "budget"], rows)
+                         "p90 × Keras", "mixed p50 × all-int8", "runs", "peak RSS MiB", "bytes", "budget"], rows)
         lines.append("")
     return lines
 

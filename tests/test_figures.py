@@ -94,9 +94,9 @@ def test_bench_figures_per_target_with_ratio_to_keras():
     assert "on Test CPU @ 2.0GHz, 2 CPUs, x86_64 Linux, Python 3.11.2; 61 s in all" in page
     assert "their sha256 match manifest.json" in page
     assert "**phone-little**: litert, 1 thread(s); no file met every budget" in page
-    assert ("| `tflite-int8` | 0.8815 (270) | -1.11 | 0.072 | 0.081 | 0.0133 | 0.0124 | 3000 | 54 | 612,345 "
+    assert ("| `tflite-int8` | 0.8815 (270) | -1.11 | 0.072 | 0.081 | 0.0133 | 0.0124 | — | 3000 | 54 | 612,345 "
             "| over: top-1 drop 1.11 pp > 1 pp |") in page
-    assert "| `keras` | 0.8926 (270) | +0.00 | 5.432 | 6.543 | 1.000 | 1.000 | 300 | 646 | 2,034,567 | — |" in page
+    assert "| `keras` | 0.8926 (270) | +0.00 | 5.432 | 6.543 | 1.000 | 1.000 | — | 300 | 646 | 2,034,567 | — |" in page
     assert page.index("`tflite-int8` | 0.8815") < page.index("`keras` | 0.8926"), "fastest first"
     assert "1 thread(s): fp32 57.4, int8 219.8" in page
 
@@ -127,3 +127,30 @@ def test_figures_import_nothing_from_pipeline():
     code = "import sys, benchmarks.figures; print(sorted(m for m in sys.modules if m.split('.')[0] == 'pipeline'))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
     assert result.stdout.strip() == "[]"
+
+
+def test_proof_table_shows_the_interval_the_verdict_and_the_chosen_attempt():
+    from benchmarks.figures import proof_table
+
+    recipe = {"calibration_images": 200, "calibration_method": "minmax", "float_layers": ["Conv1"]}
+    export = {"statistics": {"interval": "95%, Newcombe", "test": "exact McNemar"}, "artifacts": [{
+        "format": "tflite-int8-mixed", "verdict": "unproven", "recipe": recipe,
+        "validation": {"paired": {"delta_pp": -0.3086, "delta_interval_pp": [-1.1733, 0.5111], "lost": 3,
+                                  "gained": 1, "mcnemar_p": 0.625, "agreement": 0.9938,
+                                  "agreement_interval": [0.9842, 0.9976], "budget_pp": 1.0,
+                                  "images_to_settle": 1234}},
+        "fidelity": {"val": {"agreement": 0.99, "images": 648}, "train_not_calibration": {"agreement": 1.0, "images": 900},
+                     "test": {"agreement_confident": 0.998, "kl_mean": 0.0123}},
+        "repair": {"attempts": [
+            {"recipe": {**recipe, "float_layers": []}, "val": {"agreement": 0.95, "delta_pp": -1.0,
+                                                              "delta_interval_pp": [-2, 0.1], "verdict": "unproven"},
+             "seconds": 12.0},
+            {"recipe": recipe, "val": {"agreement": 0.98, "delta_pp": 0.0, "delta_interval_pp": [-0.9, 0.9],
+                                       "verdict": "within"}, "seconds": 13.0}]}}]}
+    page = "\n".join(proof_table(export))
+    assert ("| tflite-int8-mixed | -0.31 [-1.17, +0.51] | 3 / 1 | 0.625 | unproven (≤ 1 pp); ~1,234 images would "
+            "settle it | 0.9938 [0.984, 0.998] | 0.9900 (648) | 1.0000 (900) | 0.9980 | 1.23e-02 | minmax on 200 "
+            "images, float: Conv1 |") in page
+    assert "| tflite-int8-mixed | minmax on 200 images, float: Conv1 | 0.9800 | +0.00 [-0.90, +0.90] | within | 13 | ✓ |" in page
+    assert "| tflite-int8-mixed | minmax on 200 images | 0.9500 | -1.00 [-2.00, +0.10] | unproven | 12 |  |" in page
+    assert proof_table({"artifacts": [{"format": "keras", "validation": {}}]}) == []  # older results: no section
