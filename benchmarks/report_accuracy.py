@@ -50,7 +50,9 @@ def agreement_text(agreement: Optional[float], interval: Optional[list]) -> str:
     """``99.63% [97.93, 99.93]``: top-1 agreement with the Keras model, with its 95% interval in percent."""
     if agreement is None:
         return "–"
-    return _percent(agreement) if not interval else f"{_percent(agreement)} [{100 * interval[0]:.2f}, {100 * interval[1]:.2f}]"
+    if not interval:
+        return _percent(agreement)
+    return f"{_percent(agreement)} [{100 * interval[0]:.2f}, {100 * interval[1]:.2f}]"
 
 
 def _p(p: Optional[float]) -> str:
@@ -84,7 +86,8 @@ def paired_rows(results: dict) -> list[tuple[str, list[str]]]:
             a["format"], delta_text(paired["delta_pp"], paired.get("delta_interval_pp")),
             f"{paired['lost']}/{paired['gained']}", _p(paired.get("mcnemar_p")),
             agreement_text(paired.get("agreement"), paired.get("agreement_interval")),
-            _percent(val.get("agreement")), _percent(train.get("agreement")), _kl(kl), _verdict(paired, a.get("verdict")),
+            _percent(val.get("agreement")), _percent(train.get("agreement")), _kl(kl),
+            _verdict(paired, a.get("verdict")),
         ]))
     return out
 
@@ -147,14 +150,15 @@ def float_keepers(results: dict) -> dict[str, list[str]]:
 def sensitivity_rows(results: dict) -> list[list[str]]:
     layers = (results.get("sensitivity") or {}).get("layers") or []
     keepers = float_keepers(results)
-    return [[str(i), r["layer"], f"{r['rmse_per_scale']:.3f}", str(r.get("ops", "–")), ", ".join(keepers.get(r["layer"], []))]
-            for i, r in enumerate(layers[:TOP_LAYERS], 1)]
+    return [[str(i), r["layer"], f"{r['rmse_per_scale']:.3f}", str(r.get("ops", "–")),
+             ", ".join(keepers.get(r["layer"], []))] for i, r in enumerate(layers[:TOP_LAYERS], 1)]
 
 
 def _sensitivity_intro(results: dict) -> str:
     s = results["sensitivity"]
+    model = {"finetune": "fine-tuned"}.get(s.get("model", "finetune"), s.get("model"))
     return (f"Each layer's int8 output against its float output on {s.get('images', '?')} training images of the "
-            f"{s.get('model', 'fine-tuned')} model, as RMSE over the layer's quantization scale (higher: int8 "
+            f"{model} model, as RMSE over the layer's quantization scale (higher: int8 "
             f"hurts that layer more); the {min(TOP_LAYERS, len(s['layers']))} most sensitive of {len(s['layers'])}.")
 
 
@@ -230,12 +234,14 @@ def html(results: dict, inline: dict[str, str]) -> list[str]:
         parts.append(f"<h2>{esc(SENSITIVITY_HEADING)}</h2><p>{esc(_sensitivity_intro(results))}</p>")
         parts.append(_html_table("sensitivity", SENSITIVITY_COLUMNS, [("float" if c[4] else "", c) for c in sens]))
         if "sensitivity.png" in inline:
-            parts.append(f"<img class='plot' alt='sensitivity.png' src='data:image/png;base64,{inline['sensitivity.png']}'>")
+            parts.append("<img class='plot' alt='sensitivity.png' "
+                         f"src='data:image/png;base64,{inline['sensitivity.png']}'>")
     return parts
 
 
 CSS = ("tr.over td{background:#fde2e2}tr.unproven td{background:#fff4d6}tr.chosen td{background:#e4f4e4;"
-       "font-weight:600}tr.float td{background:#fff0e0}")
+       "font-weight:600}tr.float td{background:#fff0e0}table.attempts td:nth-child(2),table.attempts td:nth-child(4),"
+       "table.sensitivity td:nth-child(2),table.sensitivity td:nth-child(5){text-align:left}")
 
 
 def sensitivity_figure(results: dict):
