@@ -3,11 +3,15 @@
     python -m benchmarks.report build/<name>/bench/results.json [--out build/<name>/report]
 
 The markdown says, in order: which file to ship per target, what failed its
-budget, then one table per target. The HTML adds the plots: accuracy against
+budget, then one table per target; then each file's accuracy against the
+Keras model on the test split (paired figures, verdict, warnings), the
+repair attempts behind each int8 recipe and the per-layer int8 sensitivity
+(``benchmarks.report_accuracy``). The HTML adds the plots: accuracy against
 latency per target with the Pareto front (marker area = file size), file
-sizes before and after gzip, and the confusion matrix of each target's best
-file. Plots are PNG files beside the report, also inlined so the HTML is one
-self-contained file to attach to a CI run.
+sizes before and after gzip, the confusion matrix of each target's best
+file, and the most int8-sensitive layers. Plots are PNG files beside the
+report, also inlined so the HTML is one self-contained file to attach to a
+CI run.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import sys
 from pathlib import Path
 from typing import Optional
 
+from benchmarks import report_accuracy
 from core import layout
 from core.io import atomic_path, write_text
 
@@ -80,6 +85,12 @@ def _best_row(rows: list[dict], best: Optional[str]) -> Optional[dict]:
     return next((r for r in rows if r["artifact"] == best), None)
 
 
+NOTE = ("p50/p90/p99: single-image latency percentiles; ×Keras: ratio to the Keras model (compiled "
+        "tf.function, batch 1) timed in the same run; % of peak: achieved multiply-accumulates per second "
+        "against this host's measured GEMM peak at the same thread count (int8 peak for full-integer files). "
+        "Reference rows are published files with other labels: no accuracy.")
+
+
 def _best_cells(bench: dict, by_target: dict) -> list[list[str]]:
     out = []
     for t in bench["targets"]:
@@ -120,11 +131,9 @@ def markdown(results: dict) -> str:
         lines += ["", f"## {_target_heading(t)}", "", "| " + " | ".join(COLUMNS) + " |",
                   "|" + "---|" * len(COLUMNS)]
         lines += ["| " + " | ".join(_cells(r)) + " |" for r in by_target[t["name"]]]
-    lines += ["", "p50/p90/p99: single-image latency percentiles; ×Keras: ratio to the Keras model (compiled "
-              "tf.function, batch 1) timed in the same run; % of peak: achieved multiply-accumulates per second "
-              "against this host's measured GEMM peak at the same thread count (int8 peak for full-integer files). "
-              "Reference rows are published files with other labels: no accuracy.", ""]
-    return "\n".join(lines)
+    lines += ["", NOTE]
+    lines += report_accuracy.markdown(results)
+    return "\n".join(lines + [""])
 
 
 def _pareto(points: list[tuple[float, float]]) -> list[int]:
@@ -201,6 +210,10 @@ def plots(results: dict, out: Path) -> list[Path]:
         ax.set_ylabel("true")
         ax.set_title(f"{t['name']}: {row['artifact']}")
         paths.append(_save(fig, out / f"confusion_{t['name']}.png"))
+
+    fig = report_accuracy.sensitivity_figure(results)
+    if fig is not None:
+        paths.append(_save(fig, out / "sensitivity.png"))
     return paths
 
 
@@ -225,7 +238,7 @@ def html_page(results: dict, images: list[Path]) -> str:
         "table{border-collapse:collapse;margin:1em 0;font-size:13px}td,th{border:1px solid #ccc;padding:3px 6px;"
         "text-align:right}td:first-child,th:first-child{text-align:left}tr.fail td{background:#fde2e2}"
         "tr.reference td{color:#555;font-style:italic}tr.keras td{background:#eef}img.plot{max-width:49%;max-height:520px;margin:.5em 0;vertical-align:top}"
-        "</style></head><body>",
+        + report_accuracy.CSS + "</style></head><body>",
     ]
     md = markdown(results).split("\n")
     parts.append(f"<h1>{esc(md[0][2:])}</h1><p>{esc(md[2])}<br>{esc(md[3])}</p>")
@@ -251,7 +264,9 @@ def html_page(results: dict, images: list[Path]) -> str:
                 parts.append(f"<img class='plot' alt='{esc(name)}' src='data:image/png;base64,{inline[name]}'>")
     if "sizes.png" in inline:
         parts.append(f"<h2>Sizes</h2><img class='plot' alt='sizes.png' src='data:image/png;base64,{inline['sizes.png']}'>")
-    parts.append(f"<p>{esc(md[-2])}</p></body></html>")
+    parts.append(f"<p>{esc(NOTE)}</p>")
+    parts += report_accuracy.html(results, inline)
+    parts.append("</body></html>")
     return "\n".join(parts)
 
 

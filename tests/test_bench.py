@@ -90,6 +90,10 @@ def test_results_follow_the_schema(built):
     del broken["benchmark"]["rows"][0]["latency_ms"]["p90"]
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(broken, SCHEMA)
+    guessed = copy.deepcopy(built[2])
+    next(a for a in guessed["artifacts"] if "verdict" in a)["verdict"] = "probably"
+    with pytest.raises(jsonschema.ValidationError, match="probably"):
+        jsonschema.validate(guessed, SCHEMA)
 
 
 def test_report_names_best_file_and_failures(built, tmp_path):
@@ -121,13 +125,19 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it where it can)")
 def test_report_html_renders_in_headless_chromium(built, tmp_path):
-    cfg = built[0]
+    cfg, _, results = built
     page = tmp_path / "report.html"
     # The check runs inside the browser after load: every plot decoded to real pixels, every table row laid out.
     probe = ("<script>window.addEventListener('load',()=>{const imgs=[...document.images];"
-             "const ok=imgs.filter(i=>i.complete&&i.naturalWidth>100&&i.getBoundingClientRect().height>50).length;"
+             "const shown=i=>i.complete&&i.naturalWidth>100&&i.getBoundingClientRect().height>50;"
+             "const ok=imgs.filter(shown).length;"
              "const rows=document.querySelectorAll('table.results tr td:first-child').length;"
-             "document.body.setAttribute('data-check',`images=${ok}/${imgs.length} rows=${rows}`);});</script>")
+             "const laid=c=>[...document.querySelectorAll(`table.${c} tr td:first-child`)]"
+             ".filter(td=>td.getBoundingClientRect().height>0).length;"
+             "const sens=imgs.filter(i=>i.alt==='sensitivity.png'&&shown(i)).length;"
+             "document.body.setAttribute('data-check',`images=${ok}/${imgs.length} rows=${rows} "
+             "sensitivity_plot=${sens} paired=${laid('paired')} attempts=${laid('attempts')} "
+             "sensitivity=${laid('sensitivity')}`);});</script>")
     page.write_text((cfg.build_root / "report/report.html").read_text().replace("</body>", probe + "</body>"))
     out = subprocess.run(
         [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -136,12 +146,91 @@ def test_report_html_renders_in_headless_chromium(built, tmp_path):
         capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     check = out.stdout.split('data-check="', 1)[1].split('"', 1)[0]
-    # 3 accuracy-vs-latency plots, 1 size chart, a confusion matrix per target with a best file.
-    images = int(check.split("images=")[1].split("/")[0])
-    expected = 3 + 1 + sum(1 for t in built[2]["benchmark"]["targets"] if t["best"])
-    assert check.startswith(f"images={expected}/{expected}"), check
-    assert check.endswith(f"rows={len(built[2]['benchmark']['rows'])}"), check
-    assert images == expected
+    seen = dict(item.split("=", 1) for item in check.split())
+    # 3 accuracy-vs-latency plots, 1 size chart, a confusion matrix per target with a best file, the sensitivity bars.
+    expected = 3 + 1 + sum(1 for t in results["benchmark"]["targets"] if t["best"]) + 1
+    assert seen["images"] == f"{expected}/{expected}", check
+    assert seen["rows"] == str(len(results["benchmark"]["rows"])), check
+    assert seen["sensitivity_plot"] == "1", check
+    # The tiny build's tflite-int8 is searched on the validation split, so it has attempts to show.
+    attempts = sum(len(a["repair"]["attempts"]) for a in results["artifacts"] if a.get("repair"))
+    assert attempts >= 1 and seen["attempts"] == str(attempts), check
+    assert seen["sensitivity"] == str(min(15, len(results["sensitivity"]["layers"]))), check
+    assert seen["paired"] == str(sum(1 for a in results["artifacts"] if a.get("validation", {}).get("paired"))), check
+
+
+def _hand_made_results() -> dict:
+    """A bench results dict by hand: one int8-mixed file with a repair record, the sensitivity, no build."""
+    def paired(delta, interval, lost, gained, p, agreement, agreement_interval, verdict):
+        return {"images": 400, "lost": lost, "gained": gained, "delta_pp": delta, "delta_interval_pp": interval,
+                "mcnemar_p": p, "agreement": agreement, "agreement_interval": agreement_interval, "budget_pp": 1.0,
+                "verdict": verdict}
+
+    recipe = lambda *layers: {"calibration_images": 200, "calibration_method": "minmax", "float_layers": list(layers)}  # noqa: E731
+    fidelity = lambda agreement, kl: {"images": 400, "agreement": agreement, "agreement_interval": [0.9, 1.0],  # noqa: E731
+                                      "kl_mean": kl}
+    mixed = {
+        "format": "tflite-int8-mixed", "status": "passed", "verdict": "unproven",
+        "validation": {"paired": paired(-0.9251, [-2.1042, 0.1414], 5, 1, 0.21875, 0.985, [0.96749, 0.99318], "unproven")},
+        "fidelity": {"test": fidelity(0.985, 0.0312), "val": fidelity(0.9925, 0.02),
+                     "train_not_calibration": fidelity(1.0, 0.01)},
+        "recipe": recipe("Conv1"),
+        "repair": {"chosen_on": "validation split", "reused": True, "sensitivity": None, "attempts": [
+            {"recipe": recipe(), "val": paired(-1.5, [-3.2, 0.1], 7, 1, 0.07, 0.98, [0.96, 0.99], "unproven"),
+             "satisfied": False, "seconds": 2.71},
+            {"recipe": recipe("Conv1"), "val": paired(-0.25, [-0.9, 0.4], 2, 1, 1.0, 0.9925, [0.98, 0.997], "within"),
+             "satisfied": True, "seconds": 3.05},
+        ]},
+        "warning": "tflite-int8-mixed: top-1 -0.93 pp is neither within nor over the 1 pp budget",
+    }
+    return {
+        "name": "hand", "dataset": {"classes": ["a", "b"], "test_images": 400},
+        "statistics": {"interval": "95%, Newcombe's method 10", "test": "exact McNemar",
+                       "verdict": "within: the interval's largest drop ≤ budget"},
+        "sensitivity": {"model": "finetune", "images": 64, "metric": "rmse/scale",
+                        "layers": [{"layer": "Conv1", "rmse_per_scale": 0.7, "ops": 1},
+                                   {"layer": "block_1_expand", "rmse_per_scale": 0.3, "ops": 2}]},
+        "artifacts": [mixed],
+        "benchmark": {"host": {"cpu": "a CPU", "machine": "x86_64", "cpus": 2, "system": "Linux"}, "seconds": 1.0,
+                      "targets": [{"name": "phone", "description": "a phone", "runtime": "litert", "threads": 1,
+                                   "note": None, "best": None}],
+                      "failures": [],
+                      "rows": [{"target": "phone", "artifact": "keras", "name": "keras", "origin": "keras",
+                                "bytes": 1000, "gzip_bytes": 900, "accuracy": {"top1": 0.9, "images": 400, "delta_pp": 0.0},
+                                "latency_ms": {"p50": 1.0, "p90": 1.1, "p99": 1.2}, "ratio_to_keras": {"p50": 1.0},
+                                "cold_start": {"load_ms": 1.0, "first_inference_ms": 1.0},
+                                "memory": {"peak_rss_mb": 100}, "efficiency": None, "budget": None}]},
+    }
+
+
+def test_report_accuracy_sections_by_hand():
+    results = _hand_made_results()
+    md = report.markdown(results)
+    assert ("| tflite-int8-mixed | −0.93 [−2.10, +0.14] | 5/1 | 0.219 | 98.50% [96.75, 99.32] | 99.25% | 100.00% "
+            "| 0.0312 | unproven (budget 1 pp) |") in md
+    assert "Methods: 95%, Newcombe's method 10; exact McNemar." in md
+    assert "- tflite-int8-mixed: top-1 -0.93 pp is neither within nor over the 1 pp budget" in md
+    repair = md.split("## Repair (chosen on the validation split)")[1].split("## Int8 sensitivity")[0]
+    assert "recipe reused from an earlier build; no search." in repair
+    # The mark sits on the attempt whose recipe the file was made with, and on no other.
+    assert "| 2 | minmax | 200 | 1: Conv1 | 99.25% [98.00, 99.70] | −0.25 [−0.90, +0.40] | within | 3.0 | ✓ |" in repair
+    assert "| 1 | minmax | 200 | none | 98.00% [96.00, 99.00] | −1.50 [−3.20, +0.10] | unproven | 2.7 |  |" in repair
+    assert repair.count("✓") == 1
+    assert "| 1 | Conv1 | 0.700 | 1 | tflite-int8-mixed |" in md and "| 2 | block_1_expand | 0.300 | 2 |  |" in md
+    page = report.html_page(results, [])
+    for cls in ("paired", "attempts", "sensitivity"):
+        assert f"<table class='{cls}'>" in page
+    assert "<tr class='chosen'><td>2</td>" in page
+
+    # Results written before these fields existed, or a build without int8 files: no section, no error.
+    old = copy.deepcopy(results)
+    for key in ("statistics", "sensitivity"):
+        del old[key]
+    for key in ("validation", "fidelity", "recipe", "repair", "warning", "verdict"):
+        del old["artifacts"][0][key]
+    md = report.markdown(old)
+    assert "## Accuracy against" not in md and "## Repair" not in md and "## Int8 sensitivity" not in md
+    assert "<table class='paired'>" not in report.html_page(old, [])
 
 
 def _gate(baseline: dict, current: Path, tmp_path: Path) -> subprocess.CompletedProcess:
