@@ -24,6 +24,11 @@ class ExportContext:
     # keeps the raw-pixel float32 contract / returns float32 probabilities.
     int8_input: str = "uint8"
     int8_output: str = "float"
+    # The recipe the repair search chose (``pipeline.repair``): how activation ranges are
+    # calibrated ("minmax", or "percentile" where the format's quantizer offers it), and the
+    # Keras layers kept in float by a mixed format (their names, as in ``model.layers``).
+    calibration_method: str = "minmax"
+    float_layers: tuple[str, ...] = ()
 
 
 class Converter:

@@ -79,6 +79,12 @@ class Format:
     needs_calibration: ClassVar[bool] = False
     # True when every op runs in integers (what int8-only NPUs need); checked by reading the file.
     fully_integer: ClassVar[bool] = False
+    # How the repair search (pipeline.repair) may change the file when it is not within budget:
+    # the calibration methods its quantizer offers (more calibration images apply to every
+    # calibrated format), and whether it keeps its most sensitive layers in float. A format
+    # never breaks its promise: a fully integer one gets no float layers.
+    calibration_methods: ClassVar[tuple[str, ...]] = ()
+    float_fallback: ClassVar[bool] = False
     # Which trained model it converts: "finetune" (the fp32 model), or one the
     # optimize stage wrote: "qat" (quantization-aware) or "pruned-qat" (pruned,
     # then quantization-aware with the sparsity preserved).
@@ -197,6 +203,17 @@ class TFLiteInt8(Lossy, Format):
     description = "TFLite full-integer int8, calibrated on real training images; uint8 camera bytes in by default"
     needs_calibration = True
     fully_integer = True
+    calibration_methods = ("minmax",)
+
+
+@register("tflite-int8-mixed")
+class TFLiteInt8Mixed(TFLiteInt8):
+    suffix = "_int8_mixed.tflite"
+    precision = "int8-mixed"
+    description = ("TFLite int8 with its most quantization-sensitive layers kept in float32 (chosen on the "
+                   "validation split); not for int8-only accelerators")
+    fully_integer = False
+    float_fallback = True
 
 
 @register("tflite-qat-int8")
@@ -204,6 +221,7 @@ class TFLiteQATInt8(TFLiteInt8):
     suffix = "_qat_int8.tflite"
     description = "TFLite full-integer int8 of the quantization-aware-trained model"
     source = "qat"
+    calibration_methods = ()  # its ranges were learned
 
 
 @register("tflite-pruned-int8")
@@ -213,6 +231,7 @@ class TFLitePrunedInt8(TFLiteInt8):
     description = "TFLite full-integer int8 of the pruned model after sparsity-preserving QAT (smaller gzip)"
     source = "pruned-qat"
     max_accuracy_drop_pp = 2.0
+    calibration_methods = ()
 
 
 @register("onnx-fp32")
@@ -229,3 +248,13 @@ class ONNXInt8(Lossy, Format):
     precision = "int8"
     description = "ONNX static QDQ int8 (onnxruntime), per-channel weights, calibrated on real training images"
     needs_calibration = True
+    calibration_methods = ("minmax", "percentile")
+
+
+@register("onnx-int8-mixed")
+class ONNXInt8Mixed(ONNXInt8):
+    suffix = "_int8_mixed.onnx"
+    precision = "int8-mixed"
+    description = ("ONNX QDQ int8 with its most quantization-sensitive layers kept in float32 (chosen on the "
+                   "validation split)")
+    float_fallback = True
