@@ -126,6 +126,11 @@ class ONNXInt8(Converter):
         # As for tflite-int8: a foldable normalization becomes the input QuantizeLinear's
         # scale and zero point, so no float Sub/Mul runs on the full-resolution image.
         fold = fold_normalization(model)
+        if fold is not None and _takes_the_normalized_image(fold, float_layers):
+            # A float layer that reads the normalized image (the first convolution; or the
+            # preprocess layer itself) must get it in float: the folded graph has raw pixels
+            # there, so convert the whole model, its Sub/Mul kept in float ahead of the first conv.
+            fold = None
 
         class Reader(CalibrationDataReader):
             def __init__(self, images: np.ndarray):
@@ -138,9 +143,7 @@ class ONNXInt8(Converter):
             prepared = _prepared_fp32(model if fold is None else fold.model, Path(tmp), ctx)
             excluded = float_layer_nodes(prepared, float_layers, self.format)
             if fold is not None and _reads_model_input(prepared, excluded):
-                # A float layer that reads the image itself (the first convolution) must get it
-                # normalized in float: the folded graph only has raw pixels there, so convert the
-                # whole model, its Sub/Mul included (kept in float ahead of the first convolution).
+                # The same, where tf2onnx dropped a no-op layer between the two (Keras saw none).
                 fold = None
                 prepared = _prepared_fp32(model, Path(tmp), ctx)
                 excluded = float_layer_nodes(prepared, float_layers, self.format)
@@ -246,6 +249,23 @@ def float_layer_nodes(path: Path, layers: tuple[str, ...], fmt: str = "onnx-int8
                          f"(a layer without ops, or one folded into the input quantization)")
     wanted = {name for names in found.values() for name in names}
     return [n.name for n in nodes if n.name in wanted]
+
+
+def _takes_the_normalized_image(fold, layers: tuple[str, ...]) -> bool:
+    """Whether one of ``layers`` is the preprocess layer, or takes its output (the folded model's input) as it is."""
+    image = fold.model.inputs[0]
+    core = {layer.name: layer for layer in fold.model.layers}
+    for name in layers:
+        if name == fold.layer.name:
+            return True
+        if name not in core:  # the raw input layer: no ops, "matches no node" later
+            continue
+        layer = core[name]
+        for i in range(len(layer.inbound_nodes)):
+            inputs = layer.get_input_at(i)
+            if any(t is image for t in (inputs if isinstance(inputs, (list, tuple)) else [inputs])):
+                return True
+    return False
 
 
 def _reads_model_input(path: Path, excluded: list[str]) -> bool:
