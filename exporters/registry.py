@@ -252,3 +252,13 @@ class ONNXInt8(Lossy, Format):
     description = "ONNX static QDQ int8 (onnxruntime), per-channel weights, calibrated on real training images"
     needs_calibration = True
     calibration_methods = ("minmax", "percentile")
+
+
+@register("onnx-int8-mixed")
+class ONNXInt8Mixed(ONNXInt8):
+    suffix = "_int8_mixed.onnx"
+    precision = "int8-mixed"
+    description = ("ONNX QDQ int8 with its most quantization-sensitive layers kept in float32 (chosen on the "
+                   "validation split)")
+    float_fallback = True
+    all_int8 = "onnx-int8"

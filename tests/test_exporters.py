@@ -244,6 +244,137 @@ def test_onnx_int8_quantizes_raw_pixels_where_the_normalization_folds(trained_mo
     assert validate(path, exporter, images, reference.argmax(1), reference).top1_agreement >= 0.9
 
 
+@pytest.fixture(scope="module")
+def onnx_int8_file(trained_model, calibration, tmp_path_factory):
+    """The tiny model's plain onnx-int8 file (minmax): what the mixed and percentile files are held against."""
+    exporter = convert.get("onnx-int8")
+    path = tmp_path_factory.mktemp("onnx-int8") / f"model{exporter.suffix}"
+    exporter.export(trained_model, path, _context(calibration))
+    return path
+
+
+def _default_session_probabilities(path, images) -> np.ndarray:
+    """Probabilities from ``onnxruntime.InferenceSession(path)`` with default options: how apps load a file."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return np.concatenate([session.run(None, {contract.INPUT_NAME: images[i:i + 64]})[0]
+                           for i in range(0, len(images), 64)])
+
+
+def _nodes_a_default_session_runs(path, tmp_path) -> list:
+    """The graph a default session runs, after its optimizers (saved aside; the optimizations stay the default)."""
+    import onnx
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "as_run.onnx")
+    options.log_severity_level = 3  # its warning that the saved graph is hardware-specific
+    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return list(onnx.load(options.optimized_model_filepath).graph.node)
+
+
+def _in_layer(name: str, layer: str) -> bool:
+    return layer in name.split("/")
+
+
+def test_onnx_int8_mixed_keeps_its_float_layers_float_in_a_default_session(trained_model, images, calibration,
+                                                                         onnx_int8_file, tmp_path):
+    import onnx
+
+    float_layers = ("Conv1", "block_1_depthwise")  # the first conv: its input normalization must survive
+    exporter = convert.get("onnx-int8-mixed")
+    path = tmp_path / f"model{exporter.suffix}"
+    exporter.export(trained_model, path, _context(calibration, float_layers=float_layers))
+    graph = onnx.load(str(path)).graph
+    made_by = {out: node for node in graph.node for out in node.output}
+    float_weights = {i.name for i in graph.initializer if i.data_type == onnx.TensorProto.FLOAT}
+    convs = {layer: [n for n in graph.node if n.op_type == "Conv" and _in_layer(n.name, layer)]
+             for layer in (*float_layers, "block_11_depthwise")}
+    for layer in float_layers:
+        (conv,) = convs[layer]
+        # float32 weights, and no DequantizeLinear feeding it: onnxruntime quantizes a Conv between a
+        # DequantizeLinear and a QuantizeLinear when it loads the file, float weights or not.
+        assert conv.input[1] in float_weights, layer
+        assert all(made_by[i].op_type != "DequantizeLinear" for i in conv.input if i in made_by), layer
+    (block_11,) = convs["block_11_depthwise"]  # layers match whole name segments: block_11 stays int8
+    assert made_by[block_11.input[1]].op_type == "DequantizeLinear"
+    # Conv1 in float takes the image normalized in float, not the raw pixels of a folded input quantization.
+    assert _onnx_ops_before_first_conv(path) == ["Sub", "Mul", "Transpose"]
+
+    ran = _nodes_a_default_session_runs(path, tmp_path)
+    quantized = [n.name for n in ran if n.op_type.startswith("QLinear")]
+    assert not [n for n in quantized for layer in float_layers if _in_layer(n, layer)], quantized
+    assert [n for n in quantized if _in_layer(n, "block_11_depthwise")]  # the others still run in int8
+
+    reference = keras_probabilities(trained_model, images).argmax(1)
+    mixed = (_default_session_probabilities(path, images).argmax(1) == reference).mean()
+    plain = (_default_session_probabilities(onnx_int8_file, images).argmax(1) == reference).mean()
+    assert mixed >= plain - 0.01 and mixed >= 0.95, (mixed, plain)  # not the collapse of a re-quantized layer
+
+
+def test_float_layers_map_to_onnx_nodes_by_whole_name_segments(trained_model, calibration, tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    from exporters.onnx import float_layer_nodes
+
+    # tf2onnx's names: <model>/<layer>/<op>; a conv that absorbed its BatchNormalization outputs the BN's tensor.
+    names = [("m/block_1_depthwise/depthwise", "m/block_1_depthwise_BN/FusedBatchNormV3:0"),
+             ("m/block_1_depthwise_relu/Relu6", "m/block_1_depthwise_relu/Relu6:0"),
+             ("m/block_11_depthwise/depthwise", "m/block_11_depthwise_BN/FusedBatchNormV3:0")]
+    nodes, previous = [], "x"
+    for name, out in names:
+        nodes.append(helper.make_node("Relu", [previous], [out], name=name))
+        previous = out
+    value = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1]) for n in ("x", previous)]
+    path = tmp_path / "names.onnx"
+    onnx.save(helper.make_model(helper.make_graph(nodes, "g", value[:1], value[1:])), str(path))
+    assert float_layer_nodes(path, ("block_1_depthwise",)) == ["m/block_1_depthwise/depthwise"]
+    assert float_layer_nodes(path, ("block_1_depthwise_BN",)) == ["m/block_1_depthwise/depthwise"]
+    assert float_layer_nodes(path, ("block_11_depthwise", "block_1_depthwise_relu")) == [
+        "m/block_1_depthwise_relu/Relu6", "m/block_11_depthwise/depthwise"]
+    with pytest.raises(ValueError, match="'block_2_depthwise'.*match no node"):
+        float_layer_nodes(path, ("block_1_depthwise", "block_2_depthwise"))
+
+    # Errors a caller can make, raised before any conversion.
+    out = tmp_path / "never.onnx"
+    with pytest.raises(ValueError, match="onnx-int8 quantizes every layer.*onnx-int8-mixed"):
+        convert.get("onnx-int8").export(trained_model, out, _context(calibration, float_layers=("Conv1",)))
+    with pytest.raises(ValueError, match="'block_1_depthwse' is no layer.*did you mean 'block_1_depthwise'"):
+        convert.get("onnx-int8-mixed").export(trained_model, out,
+                                              _context(calibration, float_layers=("block_1_depthwse",)))
+    with pytest.raises(ValueError, match="unknown calibration method 'entropy'; valid methods: minmax, percentile"):
+        convert.get("onnx-int8").export(trained_model, out, _context(calibration, calibration_method="entropy"))
+
+
+def _activation_scales(path) -> dict[str, float]:
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(path)).graph
+    values = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    return {n.name: float(values[n.input[1]]) for n in graph.node if n.op_type == "QuantizeLinear"}
+
+
+def test_onnx_int8_percentile_calibration_makes_a_valid_file(trained_model, images, calibration, onnx_int8_file,
+                                                             tmp_path):
+    import onnx
+
+    exporter = convert.get("onnx-int8")
+    path = tmp_path / f"percentile{exporter.suffix}"
+    exporter.export(trained_model, path, _context(calibration, calibration_method="percentile"))
+    onnx.checker.check_model(str(path))
+    # The ranges are percentile's: no activation range wider than minmax's, some narrower.
+    minmax, percentile = _activation_scales(onnx_int8_file), _activation_scales(path)
+    assert percentile.keys() == minmax.keys()
+    assert all(percentile[q] <= minmax[q] * (1 + 1e-6) for q in minmax)
+    assert any(percentile[q] < minmax[q] * 0.99 for q in minmax)
+    reference = keras_probabilities(trained_model, images)
+    check = validate(path, exporter, images, reference.argmax(1), reference)
+    assert check.top1_agreement >= 0.95, check
+
+
 @pytest.mark.parametrize("fmt", ["tflite-fp32", "tflite-fp16", "tflite-int8", "onnx-fp32", "onnx-int8"])
 def test_sparsity_is_read_from_the_file(fmt, calibration, tmp_path):
     keras.utils.set_random_seed(3)
