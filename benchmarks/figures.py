@@ -201,7 +201,8 @@ def _recipe_text(recipe: Optional[dict]) -> str:
     if not recipe:
         return "—"
     floats = recipe.get("float_layers") or []
-    return (f"{recipe.get('calibration_method')} on {recipe.get('calibration_images')} images"
+    types = f", {recipe['int8_types']}" if recipe.get("int8_types") else ""
+    return (f"{recipe.get('calibration_method')} on {recipe.get('calibration_images')} images{types}"
             + (f", float: {', '.join(floats)}" if floats else ""))
 
 

@@ -123,7 +123,9 @@ def repair_tables(results: dict) -> list[tuple[dict, list[tuple[bool, list[str]]
             recipe, val = attempt["recipe"], attempt.get("val") or {}
             chosen = recipe == a.get("recipe")
             rows.append((chosen, [
-                str(i), recipe.get("calibration_method", "–"), str(recipe.get("calibration_images", "–")),
+                str(i), recipe.get("calibration_method", "–") + (f", {recipe['int8_types']}" if recipe.get("int8_types")
+                                                                   else ""),
+                str(recipe.get("calibration_images", "–")),
                 _float_layers_text(recipe.get("float_layers") or []),
                 agreement_text(val.get("agreement"), val.get("agreement_interval")),
                 delta_text(val["delta_pp"], val.get("delta_interval_pp")) if "delta_pp" in val else "–",

@@ -29,6 +29,9 @@ class ExportContext:
     # Keras layers kept in float by a mixed format (their names, as in ``model.layers``).
     calibration_method: str = "minmax"
     float_layers: tuple[str, ...] = ()
+    # The integer types of activations and weights, where the quantizer offers a choice
+    # (the format row's ``int8_types``; "" is its first, the default).
+    int8_types: str = ""
 
 
 class Converter:

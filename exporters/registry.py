@@ -84,6 +84,8 @@ class Format:
     # calibrated format), and whether it keeps its most sensitive layers in float. A format
     # never breaks its promise: a fully integer one gets no float layers.
     calibration_methods: ClassVar[tuple[str, ...]] = ()
+    # Integer types of activations and weights the repair may choose from, the default first.
+    int8_types: ClassVar[tuple[str, ...]] = ()
     float_fallback: ClassVar[bool] = False
     # A mixed format's all-int8 counterpart: the benchmark reports the mixed file's latency against it.
     all_int8: ClassVar[Optional[str]] = None
@@ -252,6 +254,9 @@ class ONNXInt8(Lossy, Format):
     description = "ONNX static QDQ int8 (onnxruntime), per-channel weights, calibrated on real training images"
     needs_calibration = True
     calibration_methods = ("minmax", "percentile")
+    # u8s8-7bit: uint8 activations, int8 weights in 7 bits (fastest on x86, and safe without VNNI);
+    # s8s8 and u8u8 at full range (see exporters.onnx._TYPES for what each costs where).
+    int8_types = ("u8s8-7bit", "s8s8", "u8u8")
 
 
 @register("onnx-int8-mixed")

@@ -49,18 +49,21 @@ class Recipe:
     calibration_images: int
     calibration_method: str = "minmax"
     float_layers: tuple[str, ...] = ()
+    int8_types: str = ""  # "": the format's default
 
     def as_dict(self) -> dict:
         return {**asdict(self), "float_layers": list(self.float_layers)}
 
     @classmethod
     def from_dict(cls, d: dict) -> "Recipe":
-        return cls(int(d["calibration_images"]), str(d["calibration_method"]), tuple(d["float_layers"]))
+        return cls(int(d["calibration_images"]), str(d["calibration_method"]), tuple(d["float_layers"]),
+                   str(d.get("int8_types", "")))
 
     def describe(self) -> str:
         floats = f", {len(self.float_layers)} float layer(s) ({', '.join(self.float_layers)})" \
             if self.float_layers else ""
-        return f"{self.calibration_method} on {self.calibration_images} calibration images{floats}"
+        types = f", {self.int8_types}" if self.int8_types else ""
+        return f"{self.calibration_method} on {self.calibration_images} calibration images{types}{floats}"
 
 
 @dataclass(frozen=True)
@@ -93,23 +96,27 @@ def score(probs: np.ndarray, val: Validation, budget_pp: float, min_agreement: f
     return figures, figures["verdict"] == "within" and table.agreement >= min_agreement
 
 
-def calibration_candidates(base: Recipe, methods: tuple[str, ...], train_size: int) -> list[Recipe]:
-    """Calibration-side variants after ``base``, cheapest first: other methods, then more images."""
+def calibration_candidates(base: Recipe, methods: tuple[str, ...], train_size: int,
+                           types: tuple[str, ...] = ()) -> list[Recipe]:
+    """Quantizer-side variants after ``base``, cheapest first: other methods and integer types on the same
+    images, then more images (each conversion costs about the same; more images cost more calibration)."""
     counts = [base.calibration_images] + sorted({min(train_size, base.calibration_images * g)
                                                  for g in CALIBRATION_GROWTH} - {base.calibration_images})
     out = []
     for count in counts:
-        for method in methods:
-            recipe = Recipe(count, method, base.float_layers)
-            if recipe != base:
-                out.append(recipe)
+        for kind in types or ("",):
+            for method in methods:
+                recipe = Recipe(count, method, base.float_layers, "" if kind == (types or ("",))[0] else kind)
+                if recipe != base:
+                    out.append(recipe)
     return out
 
 
 def float_candidates(base: Recipe, ranking: list[str], max_layers: int) -> list[Recipe]:
     """The fewest most sensitive layers first: 1, 2, 3, 5... of ``ranking``, up to ``max_layers``."""
     steps = sorted({min(k, max_layers, len(ranking)) for k in FLOAT_LAYER_STEPS} - {0})
-    return [Recipe(base.calibration_images, base.calibration_method, tuple(ranking[:k])) for k in steps]
+    return [Recipe(base.calibration_images, base.calibration_method, tuple(ranking[:k]), base.int8_types)
+            for k in steps]
 
 
 def better(a: Attempt, b: Attempt) -> bool:

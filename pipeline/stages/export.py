@@ -193,6 +193,7 @@ class Publishing:
     train: np.ndarray | None = None  # the training split (calibration images come from it)
     sensitivity: list | None = None  # per-layer int8 errors of the fine-tuned model (computed once)
     warnings: list = None
+    chosen: dict = None  # format -> the recipe it was converted with in this run
 
     def context(self, recipe: "repair.Recipe | None") -> convert.ExportContext:
         """The converters' context for ``recipe`` (None: the config's own calibration)."""
@@ -202,7 +203,8 @@ class Publishing:
             return self.export_ctx
         chosen = calibration_indices(len(self.train), recipe.calibration_images, self.cfg.data.seed)
         return replace(self.export_ctx, calibration_images=self.train[chosen].astype(np.float32),
-                       calibration_method=recipe.calibration_method, float_layers=recipe.float_layers)
+                       calibration_method=recipe.calibration_method, float_layers=recipe.float_layers,
+                       int8_types=recipe.int8_types)
 
     def layer_sensitivity(self) -> list:
         """The fine-tuned model's layers, most sensitive to int8 first (TFLite's debugger)."""
@@ -234,7 +236,7 @@ def run(cfg: Config, ctx) -> None:
                                        calibration_images=x_train[chosen].astype(np.float32),
                                        int8_input=cfg.export.int8_input, int8_output=cfg.export.int8_output)
     job = Publishing(cfg, ctx, ref, model_info(cfg, class_names, contract), export_ctx, staging, artifacts,
-                     entries=[], rejected=[], unconverted=[], train=x_train, warnings=[])
+                     entries=[], rejected=[], unconverted=[], train=x_train, warnings=[], chosen={})
     recorded = _recorded_sensitivity(ctx)
     if recorded is not None and recorded.get("model_sha256") == sha256_file(ctx.path(layout.MODEL)):
         job.sensitivity = recorded["layers"]  # a rebuild does not measure it again
@@ -317,6 +319,8 @@ def _export_format(job: Publishing, fmt: str, model) -> None:
     started = time.time()
     try:
         recipe, prebuilt, repaired = _choose_recipe(job, fmt, model)
+        if recipe is not None:
+            job.chosen[fmt] = recipe
         plain = _convert(job, fmt, model, staged, job.context(recipe), prebuilt)
         shutil.rmtree(job.staging / "repair", ignore_errors=True)  # the other candidates
     except _NotConverted as failed:
@@ -409,6 +413,10 @@ def _choose_recipe(job: Publishing, fmt: str, model):
     if not _post_training(fmt):
         return None, None, None
     base = repair.Recipe(cfg.export.calibration_samples)
+    if spec.all_int8 in job.chosen:
+        # A mixed file starts from what its all-int8 counterpart chose (calibration, integer
+        # types): float layers are the costlier fix, tried on top of the cheaper ones.
+        base = job.chosen[spec.all_int8]
     budget = cfg.export.budgets.get(fmt, spec.max_accuracy_drop_pp)
     searching = spec.float_fallback or cfg.export.repair
     key = repair.recipe_key(
@@ -446,7 +454,8 @@ def _choose_recipe(job: Publishing, fmt: str, model):
             first = repair.Attempt(base, figures, settled, time.time() - started, path)
             log.info("[export] %-14s val agreement %.4f, Δ top-1 %+.2f pp (%s)%s", fmt, figures["agreement"],
                      figures["delta_pp"], figures["verdict"], "" if settled else ": repairing on the validation split")
-            candidates = repair.calibration_candidates(base, spec.calibration_methods, len(job.train))
+            candidates = repair.calibration_candidates(base, spec.calibration_methods, len(job.train),
+                                                       spec.int8_types)
             best, attempts = repair.search(candidates, build, job.ref.val, budget, cfg.export.repair_min_agreement,
                                            first)
     except Exception as exc:
