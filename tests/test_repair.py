@@ -57,6 +57,11 @@ def test_search_keeps_the_config_recipe_when_no_variant_beats_it_on_val():
         (200, "percentile"), (1000, "minmax"), (1000, "percentile")]
     best, attempts = repair.search(candidates, worse, val, 1.0, 0.99, first)
     assert best is first and len(attempts) == 4
+    # With integer types to choose from (ONNX), they come before more images, the default type written "".
+    typed = repair.calibration_candidates(base, ("minmax",), 3000, ("u8s8-7bit", "s8s8"))
+    assert [(c.calibration_images, c.int8_types) for c in typed] == [(200, "s8s8"), (1000, ""), (1000, "s8s8")]
+    mixed = repair.float_candidates(typed[0], ["a", "b"], max_layers=8)
+    assert [(c.float_layers, c.int8_types) for c in mixed] == [(("a",), "s8s8"), (("a", "b"), "s8s8")]
 
 
 def test_the_choice_follows_val_not_the_test_split():
