@@ -277,14 +277,15 @@ class ExportConfig(_Section):
                     "settle it; `fail` treats it as over budget")
     repair: bool = Field(
         default=True,
-        description="when a post-training int8 file is not proven within its budget on the validation split, "
-                    "or agrees with Keras there less than `repair_min_agreement`, try more calibration images and "
-                    "the quantizer's other calibration methods, and keep the best variant on the validation split "
+        description="when a post-training int8 file is over its budget on the validation split, or agrees with "
+                    "Keras there less than `repair_min_agreement`, try the quantizer's other calibration methods and "
+                    "integer types and more calibration images, and keep the best variant on the validation split "
                     "(the test split only gives the verdict). The mixed formats (`*-int8-mixed`) always choose "
                     "their float layers this way")
     repair_min_agreement: float = Field(
-        default=0.97, ge=0.0, le=1.0,
-        description="top-1 agreement with Keras on the validation split that ends the repair search early")
+        default=0.975, ge=0.0, le=1.0,
+        description="top-1 agreement with Keras on the validation split that a repaired file must reach (and not "
+                    "be over budget there) for the repair search to stop")
     repair_max_float_layers: int = Field(
         default=8, ge=1, le=64,
         description="most layers a mixed format (`tflite-int8-mixed`, `onnx-int8-mixed`) may keep in float32")

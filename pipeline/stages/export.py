@@ -420,6 +420,7 @@ def _choose_recipe(job: Publishing, fmt: str, model):
     budget = cfg.export.budgets.get(fmt, spec.max_accuracy_drop_pp)
     searching = spec.float_fallback or cfg.export.repair
     key = repair.recipe_key(
+        search=2,  # the rules of pipeline.repair.score and better: a new rule searches again
         format=fmt, model=sha256_file(job.ctx.path(layout.MODEL)), base=base.as_dict(), seed=cfg.data.seed,
         budget=budget, min_agreement=cfg.export.repair_min_agreement, searching=searching,
         max_float_layers=cfg.export.repair_max_float_layers, int8=[cfg.export.int8_input, cfg.export.int8_output],
