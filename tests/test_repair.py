@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 
 from core import layout
+from core.errors import BudgetError
 from pipeline import repair, runner
+from pipeline.config import load_config
 from tests.conftest import copy_build
 
 
@@ -118,3 +120,34 @@ def test_a_calibrated_format_is_repaired_on_val_only_and_a_rebuild_reuses_the_re
     (rebuilt,) = [a for a in again["artifacts"] if a["format"] == "tflite-int8-mixed"]
     assert rebuilt["repair"]["reused"] and rebuilt["recipe"] == entry["recipe"]
     assert rebuilt["sha256"] == entry["sha256"]
+
+
+def test_sixty_test_images_give_unproven_with_the_images_needed_not_over(tmp_path, tiny_build, caplog):
+    """The user's 60-image test split: one image is 1.67 pp, so a 1-point budget cannot be decided.
+    The run publishes the int8 file, warns with the number of test images that would settle it, exits 0."""
+    import logging
+
+    cfg, path = copy_build(tiny_build, tmp_path, export={"formats": ["keras", "tflite-int8"], "latency_runs": 0,
+                                                         "repair": False, "fidelity_train_images": 0})
+    test = cfg.build_root / layout.split("test")
+    with np.load(test) as npz:
+        images, labels = npz["images"][:60], npz["labels"][:60]
+    with open(test, "wb") as fh:
+        np.savez(fh, images=images, labels=labels)
+    with caplog.at_level(logging.WARNING, logger="pipeline"):
+        assert runner.run(cfg, str(path)) == ["export"]
+    results = json.loads((cfg.build_root / layout.EXPORT_RESULTS).read_text())
+    (entry,) = [a for a in results["artifacts"] if a["format"] == "tflite-int8"]
+    paired = entry["validation"]["paired"]
+    assert paired["images"] == 60 and entry["verdict"] == "unproven" and entry["status"] == "passed"
+    assert paired["images_to_settle"] > 60
+    assert (cfg.build_root / "artifacts/tiny_int8.tflite").exists()
+    warning = entry["warning"]
+    assert "on 60 test images (one image is 1.67 pp)" in warning
+    assert f"about {paired['images_to_settle']:,} test images in the same proportions would settle it" in warning
+    assert any(warning in r.getMessage() for r in caplog.records)
+    # export.on_unproven: fail turns the same file into a failure that names why.
+    strict = load_config(path, ["export.on_unproven=fail"])
+    with pytest.raises(BudgetError) as err:
+        runner.run(strict, str(path))
+    assert "neither within nor over the 1 pp budget on 60 test images" in str(err.value)

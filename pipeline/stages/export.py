@@ -380,6 +380,9 @@ def _export_format(job: Publishing, fmt: str, model) -> None:
         entry["latency_ms"] = median_latency_ms(open_session(staged, spec.runtime, threads=1), ref.images[:1],
                                                 cfg.export.latency_runs)
         entry["latency_ratio_to_keras"] = round(entry["latency_ms"] / ref.latency_ms, 4)
+        sibling = next((e for e in job.entries if e["format"] == spec.all_int8 and e.get("latency_ms")), None)
+        if sibling is not None:  # what the float layers cost, timed the same way in the same run
+            entry["latency_ratio_to_all_int8"] = round(entry["latency_ms"] / sibling["latency_ms"], 4)
     if failures:
         entry["error"] = "; ".join(failures)
     _publish_or_reject(job, entry, staged, check, failures)
