@@ -208,7 +208,9 @@ _TYPES = {
 
 # calibration_method -> onnxruntime CalibrationMethod member, and the extra_options it takes.
 _CALIBRATION = {
-    "minmax": ("MinMax", {}),
+    # At most 64 images' activations held at once before their ranges are merged (the same
+    # ranges; onnxruntime otherwise keeps every activation of every calibration image).
+    "minmax": ("MinMax", {"CalibMaxIntermediateOutputs": 64}),
     # 99.999: clips the rare outliers that stretch a MinMax range over a mostly empty grid,
     # keeping all but 1 in 100,000 activation values inside it.
     "percentile": ("Percentile", {"CalibPercentile": 99.999}),
