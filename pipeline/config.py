@@ -480,7 +480,7 @@ def _describe(error: dict, source: str) -> str:
         return f"{source}: unknown key '{key}'{did_you_mean}; valid keys here: {', '.join(fields)}."
     if error["type"] == "missing":
         return f"{source}: required key '{key}' is missing; add it to the file or pass --set {key}=VALUE."
-    msg = one_line(error["msg"].removeprefix("Value error, "))
+    msg = one_line(error["msg"].removeprefix("Value error, "), 600)  # room for every valid format
     value = error.get("input")
     if error["type"] == "literal_error":
         allowed = re.findall(r"'([^']*)'", str(error.get("ctx", {}).get("expected", "")))

@@ -144,8 +144,8 @@ def artifact_entry(path: Path, result: dict, contract: dict, delegates: dict | N
     }
     if result.get("recipe") is not None:
         # How it was calibrated, and which layers stay float (chosen on the validation split).
-        entry["recipe"] = {**result["recipe"], "chosen_on": "validation split",
-                           "reused": bool((result.get("repair") or {}).get("reused", False))}
+        # (Whether a rebuild reused it is in results.json: the manifest is the same for the same files.)
+        entry["recipe"] = {**result["recipe"], "chosen_on": "validation split"}
     if kind.metadata is not None:
         read = metadata.read_metadata(path)
         inp = read["input"]

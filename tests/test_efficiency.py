@@ -235,7 +235,7 @@ def test_efficiency_divides_achieved_rate_by_peak():
 
 def test_full_integer_files_are_held_to_the_int8_peak_and_the_rest_to_fp32():
     peak = {"fp32_gmacs": 50.0, "int8_gmacs": 200.0, "threads": 1, "method": "test"}
-    int8 = {"tflite-int8", "tflite-qat-int8", "tflite-pruned-int8", "onnx-int8"}
+    int8 = {"tflite-int8", "tflite-qat-int8", "tflite-pruned-int8", "onnx-int8", "tflite-int8-mixed", "onnx-int8-mixed"}
     for fmt in registry.names():
         assert efficiency.peak_for(fmt, peak) == (200.0 if fmt in int8 else 50.0), fmt
     assert efficiency.peak_precision("qat-int8") == "int8" and efficiency.peak_precision("fp16") == "fp32"

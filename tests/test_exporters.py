@@ -401,11 +401,17 @@ def test_compare_holds_lossy_formats_to_an_accuracy_drop():
     reference = np.eye(4, dtype=np.float32)[[0, 1, 2, 3] * 25]
     labels = reference.argmax(1)
     worse = reference.copy()
-    worse[:2] = worse[2:4]  # two of 100 images now wrong: a 2-point drop
+    worse[:2] = worse[2:4]  # two of 100 images now wrong: a 2-point drop, but 100 images cannot tell
     check = compare(worse, reference, labels, exporter)
-    assert check.accuracy_drop_pp == pytest.approx(2.0) and not check.passed
-    assert "dropped 2.00 pp > budget 1 pp" in check.failures[0]
-    assert compare(worse, reference, labels, exporter, max_accuracy_drop_pp=2.5).passed
+    assert check.accuracy_drop_pp == pytest.approx(2.0) and check.verdict == "unproven" and check.passed
+    assert "neither within nor over the 1 pp budget on 100 test images" in check.unproven
+    many = np.eye(4, dtype=np.float32)[[0, 1, 2, 3] * 100]
+    worse = many.copy()
+    worse[:16] = worse[1:17]  # 16 of 400 wrong: 4 points, over 1 even at the interval's best
+    check = compare(worse, many, many.argmax(1), exporter)
+    assert check.verdict == "over" and not check.passed
+    assert "top-1 dropped 4.00 pp (95% interval" in check.failures[0] and "over the 1 pp budget" in check.failures[0]
+    assert compare(worse, many, many.argmax(1), exporter, max_accuracy_drop_pp=15.0).verdict == "within"
 
 
 def test_compare_flags_disagreement_and_large_differences():
