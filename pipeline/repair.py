@@ -172,33 +172,39 @@ def recipe_key(**parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def recorded(path: Path, fmt: str, key: str) -> Optional[dict]:
-    """The record of ``fmt`` in ``recipes.json`` when it was chosen from the same inputs; else None."""
-    try:
-        entry = json.loads(Path(path).read_text(encoding="utf-8"))["formats"].get(fmt)
-    except (OSError, ValueError, KeyError, AttributeError):
-        return None
-    return entry if entry and entry.get("key") == key else None
-
-
-def record(path: Path, fmt: str, key: str, chosen: Recipe, attempts: list[Attempt], ranking: Optional[list]) -> dict:
-    """Add ``fmt``'s chosen recipe to ``recipes.json`` (other formats' records are kept)."""
+def _read(path: Path) -> dict:
+    """``recipes.json`` as a dict; a missing or unreadable file is an empty record (the search runs again)."""
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        data = {}
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def recorded(path: Path, fmt: str, key: str) -> Optional[dict]:
+    """The record of ``fmt`` in ``recipes.json`` when it was chosen from the same inputs; else None."""
+    entry = (_read(path).get("formats") or {}).get(fmt)
+    return entry if isinstance(entry, dict) and entry.get("key") == key else None
+
+
+def record(path: Path, fmt: str, key: str, chosen: Recipe, attempts: list[Attempt]) -> dict:
+    """Add ``fmt``'s chosen recipe to ``recipes.json`` (other formats' records are kept)."""
+    data = _read(path)
     entry = {"key": key, "recipe": chosen.as_dict(), "attempts": [a.as_dict() for a in attempts],
-             "chosen_on": "validation split", "sensitivity": ranking}
+             "chosen_on": "validation split"}
     data.setdefault("formats", {})[fmt] = entry
     write_json(path, data)
     return entry
 
 
+def recorded_sensitivity(path: Path, model_sha256: str) -> Optional[list]:
+    """The per-layer ranking recorded for the model with these bytes; else None."""
+    found = _read(path).get("sensitivity") or {}
+    return found.get("layers") if found.get("model_sha256") == model_sha256 else None
+
+
 def record_sensitivity(path: Path, model_sha256: str, layers: list) -> None:
     """Keep the fine-tuned model's per-layer ranking beside the recipes: a rebuild does not measure it again."""
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        data = {}
+    data = _read(path)
     data["sensitivity"] = {"model_sha256": model_sha256, "layers": layers}
     write_json(path, data)

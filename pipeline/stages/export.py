@@ -237,9 +237,8 @@ def run(cfg: Config, ctx) -> None:
                                        int8_input=cfg.export.int8_input, int8_output=cfg.export.int8_output)
     job = Publishing(cfg, ctx, ref, model_info(cfg, class_names, contract), export_ctx, staging, artifacts,
                      entries=[], rejected=[], unconverted=[], train=x_train, warnings=[], chosen={})
-    recorded = _recorded_sensitivity(ctx)
-    if recorded is not None and recorded.get("model_sha256") == sha256_file(ctx.path(layout.MODEL)):
-        job.sensitivity = recorded["layers"]  # a rebuild does not measure it again
+    # A rebuild does not measure the ranking again.
+    job.sensitivity = repair.recorded_sensitivity(ctx.path(layout.REPAIR_RECIPES), sha256_file(ctx.path(layout.MODEL)))
     trained = {"finetune": ref.model}  # pruned / QAT models are rebuilt on first use
     for fmt in cfg.export.formats:
         source = registry.get(fmt).source
@@ -276,12 +275,6 @@ def _post_training(fmt: str) -> bool:
     spec = registry.get(fmt)
     return spec.needs_calibration and spec.source == "finetune"
 
-
-def _recorded_sensitivity(ctx) -> dict | None:
-    try:
-        return json.loads(ctx.path(layout.REPAIR_RECIPES).read_text(encoding="utf-8")).get("sensitivity")
-    except (OSError, ValueError, AttributeError):
-        return None
 
 
 class _NotConverted(Exception):
@@ -464,7 +457,7 @@ def _choose_recipe(job: Publishing, fmt: str, model):
                                            first)
     except Exception as exc:
         raise _NotConverted(exc) from exc
-    record = repair.record(recipes, fmt, key, best.recipe, attempts, None)
+    record = repair.record(recipes, fmt, key, best.recipe, attempts)
     if len(attempts) > 1:
         log.info("[export] %-14s chose %s on the validation split (agreement %.4f) of %d attempts", fmt,
                  best.recipe.describe(), best.val["agreement"], len(attempts))
@@ -481,7 +474,7 @@ def _advice(job: Publishing, spec) -> str:
     if spec.source == "qat":
         return f". Try more optimize.qat.epochs or a lower optimize.qat.lr{layers}"
     if spec.needs_calibration and not spec.float_fallback:
-        mixed = {"litert": "tflite-int8-mixed", "onnxruntime": "onnx-int8-mixed"}.get(spec.runtime)
+        mixed = next((n for n in registry.names() if registry.get(n).all_int8 == spec.name), None)
         return (f". Where an int8-only accelerator is not the target, add {mixed} to export.formats (it keeps "
                 f"the most sensitive layers in float){layers}" if mixed else layers)
     return layers
