@@ -110,15 +110,60 @@ def quantize_aware(model: keras.Model, preserve_sparsity: bool = False) -> keras
     """
     tfmot = _tfmot()
     q = tfmot.quantization.keras
+    plan = qat_plan(model)
+    output_only = _output_quantize_config()
 
     def annotate(layer):
-        return layer if layer.name == PREPROCESS_LAYER else q.quantize_annotate_layer(layer)
+        how = plan.get(layer.name, "default")
+        if how == "float":
+            return layer
+        if how == "output":
+            return q.quantize_annotate_layer(layer, output_only)
+        return q.quantize_annotate_layer(layer)
 
     annotated = keras.models.clone_model(model, clone_function=annotate)
-    with q.quantize_scope({"Preprocess": Preprocess}):
+    with q.quantize_scope({"Preprocess": Preprocess, type(output_only).__name__: type(output_only)}):
         if preserve_sparsity:
             return q.quantize_apply(annotated, _prune_preserve_scheme())
         return q.quantize_apply(annotated)
+
+
+# Layers tfmot cannot wrap at all (tensorflow/model-optimization#1145, #647): MobileNetV3's
+# hard-swish arithmetic (TFOpLambda) and in-model Rescaling/Normalization. They stay float in
+# the QAT graph; the int8 converter calibrates their outputs on real images like any
+# post-training op, so the file is still fully integer.
+_NOT_WRAPPABLE = ("TFOpLambda", "Rescaling", "Normalization")
+# tfmot folds a BatchNormalization into the convolution before it; one that follows anything
+# else (ResNet50V2's pre-activations) has no quantize config of its own.
+_FOLDS_BATCHNORM = ("Conv2D", "DepthwiseConv2D", "SeparableConv2D", "Dense")
+
+
+def qat_plan(model: keras.Model) -> dict[str, str]:
+    """How QAT treats each layer that is not tfmot's default: "output" (fake-quantize its output only) or "float".
+
+    The default 8-bit registry has no config for Multiply (squeeze-and-excite in MobileNetV3 and
+    EfficientNet) nor for a BatchNormalization that follows no convolution: both get their output
+    fake-quantized, which is what the int8 kernels (MUL, and BN as MUL+ADD) compute anyway.
+    """
+    plan = {PREPROCESS_LAYER: "float"}
+    for layer in model.layers:
+        kind = type(layer).__name__
+        if kind in _NOT_WRAPPABLE:
+            plan[layer.name] = "float"
+        elif isinstance(layer, keras.layers.Multiply):
+            plan[layer.name] = "output"
+        elif isinstance(layer, keras.layers.BatchNormalization):
+            before = layer.inbound_nodes[0].inbound_layers if layer.inbound_nodes else None
+            if type(before).__name__ not in _FOLDS_BATCHNORM:
+                plan[layer.name] = "output"
+    return plan
+
+
+def _output_quantize_config():
+    from tensorflow_model_optimization.python.core.quantization.keras.default_8bit import (
+        default_8bit_quantize_configs as configs)  # the public API does not export it
+
+    return configs.Default8BitOutputQuantizeConfig()
 
 
 # Activation ranges that tfmot's MovingAverageQuantizer keeps as an exponential

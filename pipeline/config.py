@@ -22,9 +22,10 @@ from pydantic import (BaseModel, ConfigDict, Field, StrictFloat, ValidationError
 
 from core.errors import ConfigError, one_line, printable, show
 from core.yaml_files import YAMLProblem, parse_yaml, read_yaml
+from pipeline.backbones import BACKBONES, check_backbone
 
 AUGMENTATIONS = ("horizontal_flip", "brightness", "contrast", "crop")
-MOBILENET_V2_ALPHAS = (0.35, 0.5, 0.75, 1.0, 1.3, 1.4)
+BACKBONE_NAMES = tuple(BACKBONES)
 
 
 class _Section(BaseModel):
@@ -106,22 +107,25 @@ class DataConfig(_Section):
 class ModelConfig(_Section):
     """The backbone and its starting weights; a new head (pooling, dropout, dense softmax) goes on top."""
 
-    backbone: Literal["mobilenet_v2", "resnet50"] = Field(
-        default="mobilenet_v2", description="the ImageNet backbone to fine-tune")
+    backbone: Literal[BACKBONE_NAMES] = Field(  # type: ignore[valid-type]
+        default="mobilenet_v2",
+        description="the ImageNet backbone to fine-tune (keras.applications; docs/backbones.md lists what each takes)")
     alpha: float = Field(default=1.0,
-                         description="MobileNetV2 width multiplier: one of 0.35, 0.5, 0.75, 1.0, 1.3, 1.4")
+                         description="width multiplier of the MobileNets: " + "; ".join(
+                             f"{b.name} {', '.join(f'{a:g}' for a in b.alphas)}"
+                             for b in BACKBONES.values() if b.alphas) + "; 1.0 for the others")
     weights: str = Field(
         default="imagenet",
         description="`imagenet` (the Keras cache `~/.keras/models/`, or a download), `none` (random "
                     "initialization), or a path to a no-top `.h5` file saved by tf_keras for this backbone and alpha")
     dropout: float = Field(default=0.2, ge=0, lt=1, description="dropout rate before the classifier")
 
-    @field_validator("alpha")
-    @classmethod
-    def _known_alpha(cls, v: float) -> float:
-        if v not in MOBILENET_V2_ALPHAS:
-            raise ValueError(f"must be one of {', '.join(map(str, MOBILENET_V2_ALPHAS))}")
-        return v
+    @model_validator(mode="after")
+    def _buildable(self) -> "ModelConfig":
+        problem = check_backbone(self.backbone, self.alpha, None)
+        if problem:
+            raise ValueError(problem)
+        return self
 
 
 class TrainConfig(_Section):
@@ -410,6 +414,13 @@ class Config(_Section):
     export: ExportConfig = Field(default=ExportConfig(), description="the export stage")
     benchmark: BenchmarkConfig = Field(default=BenchmarkConfig(), description="the bench stage")
 
+    @model_validator(mode="after")
+    def _backbone_takes_the_input(self) -> "Config":
+        problem = check_backbone(self.model.backbone, self.model.alpha, self.data.image_size)
+        if problem:
+            raise ValueError(problem)
+        return self
+
     @field_validator("name")
     @classmethod
     def _safe_name(cls, v: str) -> str:
@@ -490,6 +501,8 @@ def _describe(error: dict, source: str) -> str:
         msg += "; write the value in quotes"
     # A section-wide rule (data.path needed for folders) names its keys itself: the whole section is noise.
     got = "" if isinstance(value, dict) else f" (got {show(value)})"
+    if not loc:  # a rule across sections names its keys itself
+        return f"{source}: {msg}{got}."
     return f"{source}: {key}: {msg}{got}."
 
 

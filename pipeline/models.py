@@ -9,9 +9,6 @@ another model, so the backbone must not be a sub-model.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
-from typing import Callable
-
 import numpy as np
 
 from core import contract
@@ -20,46 +17,8 @@ from core.errors import WeightsError, one_line
 from core.keras_compat import keras, tf
 from core.layers import Preprocess
 from pipeline import weights
+from pipeline.backbones import BACKBONES, Backbone
 from pipeline.config import ModelConfig
-
-
-
-@dataclass(frozen=True)
-class Backbone:
-    name: str
-    build: Callable[..., keras.Model]
-    # Normalization the pretrained weights expect, applied to RGB [0, 255] input:
-    # y = (x[..., channel_order] - mean) / std.
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    channel_order: str  # "RGB" or "BGR"
-    uses_alpha: bool
-
-
-BACKBONES: dict[str, Backbone] = {}
-
-
-def register_backbone(backbone: Backbone) -> None:
-    if backbone.name in BACKBONES:
-        raise RuntimeError(f"backbone {backbone.name!r} registered twice")
-    BACKBONES[backbone.name] = backbone
-
-
-# MobileNetV2 was trained on inputs scaled to [-1, 1] (keras.applications.mobilenet_v2.preprocess_input).
-register_backbone(Backbone(
-    name="mobilenet_v2",
-    build=lambda input_tensor, alpha, weights: keras.applications.MobileNetV2(
-        input_tensor=input_tensor, alpha=alpha, include_top=False, weights=weights),
-    mean=(127.5, 127.5, 127.5), std=(127.5, 127.5, 127.5), channel_order="RGB", uses_alpha=True,
-))
-# ResNet50 uses "caffe" preprocessing: BGR, ImageNet mean subtracted, no scaling.
-register_backbone(Backbone(
-    name="resnet50",
-    build=lambda input_tensor, alpha, weights: keras.applications.ResNet50(
-        input_tensor=input_tensor, include_top=False, weights=weights),
-    mean=(103.939, 116.779, 123.68), std=(1.0, 1.0, 1.0), channel_order="BGR", uses_alpha=False,
-))
-
 
 def preprocessing_contract(model_cfg: ModelConfig, image_size: int) -> dict:
     """What a caller must feed every exported file of this backbone; recorded in results and metadata."""
@@ -74,10 +33,9 @@ def build_classifier(model_cfg: ModelConfig, num_classes: int, image_size: int) 
     inputs = keras.Input((image_size, image_size, 3), name=INPUT_NAME)
     x = Preprocess(bb.mean, bb.std, bb.channel_order, name=PREPROCESS_LAYER)(inputs)
     try:
-        base = bb.build(input_tensor=x, alpha=model_cfg.alpha,
-                        weights="imagenet" if model_cfg.weights == "imagenet" else None)
+        base = _application(bb, x, model_cfg.alpha, "imagenet" if model_cfg.weights == "imagenet" else None)
     except Exception as exc:  # keras raises bare Exception for download failures
-        raise _weights_error(exc, model_cfg) from None
+        raise _weights_error(exc, model_cfg, image_size) from None
     if weights_file:
         # What keras.applications does with a path, after checking the file fits (Keras loads by position).
         expected = [weights.LayerWeights(layer.name, tuple(tuple(int(d) for d in w.shape) for w in layer.weights))
@@ -89,18 +47,82 @@ def build_classifier(model_cfg: ModelConfig, num_classes: int, image_size: int) 
     # The classifier's last layer stays float32 whatever the compute policy, so
     # softmax probabilities compare exactly across runtimes.
     outputs = keras.layers.Dense(num_classes, activation="softmax", dtype="float32", name=HEAD_PREFIX + "predictions")(x)
-    return keras.Model(inputs, outputs, name=f"{bb.name}_classifier")
+    model = keras.Model(inputs, outputs, name=f"{bb.name}_classifier")
+    return _without_own_normalization(model) if bb.folds_own_normalization else model
 
 
-def _weights_error(exc: Exception, model_cfg: ModelConfig) -> Exception:
+def _application(bb: Backbone, input_tensor, alpha: float, weights: str | None) -> keras.Model:
+    build = getattr(keras.applications, bb.application)
+    extra = {"alpha": alpha} if bb.uses_alpha else {}
+    return build(input_tensor=input_tensor, include_top=False, weights=weights, **extra, **bb.kwargs)
+
+
+# The layers EfficientNet puts between its input and its stem: x / 255, the ImageNet
+# normalization, and (with weights="imagenet") a correction multiply, a TFOpLambda.
+_OWN_NORMALIZATION = ("Rescaling", "Normalization", "TFOpLambda")
+
+
+def _without_own_normalization(model: keras.Model) -> keras.Model:
+    """The model with the backbone's own normalization layers taken out, their work left to ``preprocess``.
+
+    tfmot refuses Rescaling and Normalization layers (tensorflow/model-optimization#647), and
+    exporters fold only the ``preprocess`` layer into the input quantization. The layers are
+    removed from the functional config, which is rebuilt with the same names and weights:
+    the backbone row's mean and std are what they computed with ImageNet weights. They are
+    taken out only after the weights were loaded, since Keras loads a weights file by position.
+    """
+    config = model.get_config()
+    consumers = {}
+    for layer in config["layers"]:
+        for source in _inbound_names(layer["inbound_nodes"]):
+            consumers.setdefault(source, []).append(layer["name"])
+    chain, current = [], PREPROCESS_LAYER
+    while len(consumers.get(current, [])) == 1:
+        nxt = next(layer for layer in config["layers"] if layer["name"] == consumers[current][0])
+        if nxt["class_name"] not in _OWN_NORMALIZATION:
+            break
+        chain.append(nxt["name"])
+        current = nxt["name"]
+    if not chain:
+        return model
+    last = chain[-1]
+    config["layers"] = [layer for layer in config["layers"] if layer["name"] not in chain]
+    for layer in config["layers"]:
+        layer["inbound_nodes"] = _renamed(layer["inbound_nodes"], last, PREPROCESS_LAYER)
+    rebuilt = keras.Model.from_config(config, custom_objects={"Preprocess": Preprocess})
+    for layer in rebuilt.layers:
+        if layer.weights:
+            layer.set_weights(model.get_layer(layer.name).get_weights())
+    return rebuilt
+
+
+def _inbound_names(nodes) -> list[str]:
+    # tf_keras writes a call as [[name, node_index, tensor_index, kwargs], ...] per node.
+    if isinstance(nodes, list) and len(nodes) >= 3 and isinstance(nodes[0], str) and isinstance(nodes[1], int):
+        return [nodes[0]]
+    if isinstance(nodes, list):
+        return [name for item in nodes for name in _inbound_names(item)]
+    return []
+
+
+def _renamed(nodes, old: str, new: str):
+    if isinstance(nodes, list) and len(nodes) >= 3 and nodes[0] == old and isinstance(nodes[1], int):
+        return [new, 0, 0, *nodes[3:]]
+    if isinstance(nodes, list):
+        return [_renamed(item, old, new) for item in nodes]
+    return nodes
+
+
+def _weights_error(exc: Exception, model_cfg: ModelConfig, image_size: int) -> Exception:
     text = str(exc)
+    file = BACKBONES[model_cfg.backbone].weights_file_for(model_cfg.alpha, image_size)
     if model_cfg.weights == "imagenet":
         url = re.search(r"URL fetch failure on (\S+): ", text)
         if url:
             return WeightsError(
-                "model.weights is 'imagenet' but the weights cannot be downloaded (offline?); set model.weights to "
-                f"the path of a local no-top {model_cfg.backbone} .h5 file, or download {url.group(1)} elsewhere "
-                "and put it into ~/.keras/models/, or use 'none'."
+                f"model.weights is 'imagenet' but the weights cannot be downloaded (offline?): Keras's "
+                f"{model_cfg.backbone} file is {file}; set model.weights to the path of a local copy of it, or "
+                f"download {url.group(1)} elsewhere and put it into ~/.keras/models/, or use 'none'."
             )
         if isinstance(exc, (OSError, KeyError)):  # h5py's errors
             # Found in the Keras cache but unreadable, e.g. a download cut short by an older Keras.

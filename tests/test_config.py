@@ -44,7 +44,7 @@ def test_wrong_type_names_key(tmp_path):
     ("train.head_epochs=-1", "train.head_epochs"),
     ("data.val_fraction=0.7", "data.val_fraction"),
     ("model.alpha=0.6", "model.alpha"),
-    ("model.backbone=vgg16", "model.backbone"),
+    ("model.backbone=vgg17", "model.backbone"),
     ("train.fine_tune_at=1.5", "train.fine_tune_at"),
     ("name=../escape", "name"),
     ("optimize.prune.target_sparsity=1.5", "optimize.prune.target_sparsity"),

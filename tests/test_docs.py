@@ -125,3 +125,9 @@ def test_benchmarks_page_targets_table_matches_targets_yaml():
                    ([f"top-1 drop ≤ {budgets['accuracy_drop_pp']:g} pp"] if "accuracy_drop_pp" in budgets else [])
         assert cells[4] == ", ".join(expected), f"{name}: {cells[4]!r} vs configs/targets.yaml {budgets}"
         assert profile["regression"] == {"accuracy_pp": 1.0, "latency_pct": 10}, "the page states the shipped regression"
+
+
+def test_backbone_page_is_the_registrys():
+    page = docs.BACKBONES_DOC.read_text(encoding="utf-8")
+    assert page == docs.render_backbones(), "docs/backbones.md differs from pipeline/backbones.py: run make docs"
+    assert all(f"| `{name}` |" in page for name in docs.BACKBONES)

@@ -20,12 +20,14 @@ def tiny_mobilenet():
 
 @pytest.mark.parametrize("backbone", sorted(models.BACKBONES))
 def test_classifier_is_flat_with_head_on_base_output(backbone):
-    model = models.build_classifier(ModelConfig(backbone=backbone, alpha=1.0, weights="none"), 4, 32)
+    size = max(32, models.BACKBONES[backbone].min_size)
+    model = models.build_classifier(ModelConfig(backbone=backbone, alpha=1.0, weights="none"), 4, size)
     # tfmot's quantize_model refuses nested models: no layer may itself be a Model.
     assert not any(isinstance(layer, keras.Model) for layer in model.layers)
-    assert model.input_shape == (None, 32, 32, 3) and model.output_shape == (None, 4)
+    assert model.input_shape == (None, size, size, 3) and model.output_shape == (None, 4)
+    assert [l.name for l in model.layers[:2]] == ["image", "preprocess"]
     assert [l.name for l in model.layers[-3:]] == ["head_pool", "head_dropout", "head_predictions"]
-    assert len(models.backbone_layers(model)) > 100
+    assert len(models.backbone_layers(model)) >= 18  # VGG16 has 18 layers without its top, the others more
 
 
 def test_mobilenet_preprocessing_maps_pixels_to_minus_one_one(tiny_mobilenet):

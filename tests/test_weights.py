@@ -196,7 +196,7 @@ def test_cli_imagenet_offline_says_how_to_get_the_file(tmp_path):
     assert len(lines) == 1, proc.stderr
     assert "model.weights is 'imagenet' but the weights cannot be downloaded" in lines[0]
     assert "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_224_no_top.h5" in lines[0]
-    assert "~/.keras/models/" in lines[0] and "local no-top mobilenet_v2 .h5 file" in lines[0]
+    assert "~/.keras/models/" in lines[0] and "the path of a local copy of it" in lines[0]
 
 
 def _cached_name(alpha: float) -> str:

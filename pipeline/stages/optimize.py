@@ -30,6 +30,7 @@ import time
 import numpy as np
 
 from core import layout
+from core.contract import PREPROCESS_LAYER
 from core.io import atomic_path, write_json
 from core.layout import read_labels
 from core.loader import load_classifier
@@ -137,6 +138,14 @@ def _optimize(cfg: Config, ctx, setup, report: dict, x_train, train_ds, val_ds, 
     # The fine-tuned model, frozen: the teacher when optimize.distill_weight > 0.
     teacher = load_classifier(ctx.path(layout.MODEL)) if o.distill_weight else None
 
+    # Where tfmot's defaults do not reach (compression.qat_plan): said in the report and the log.
+    plan = compression.qat_plan(teacher or load_classifier(ctx.path(layout.MODEL)))
+    report["qat_layers"] = {how: sorted(name for name, h in plan.items() if h == how and name != PREPROCESS_LAYER)
+                            for how in ("output", "float")}
+    if any(report["qat_layers"].values()):
+        log.info("[optimize] QAT: %d layer(s) fake-quantize their output only (Multiply, BatchNormalization after no "
+                 "convolution), %d stay float until the converter calibrates them (TFOpLambda, Rescaling, "
+                 "Normalization)", len(report["qat_layers"]["output"]), len(report["qat_layers"]["float"]))
     shared = dict(cfg=cfg, ctx=ctx, teacher=teacher, range_batch=range_batch, steps=steps, train_ds=train_ds,
                   val_ds=val_ds, setup=setup)
 
