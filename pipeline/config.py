@@ -20,6 +20,7 @@ from typing import Any, Literal, Optional, Union, get_args, get_origin
 from pydantic import (BaseModel, ConfigDict, Field, StrictFloat, ValidationError, ValidationInfo, field_validator,
                       model_validator)
 
+from core.contract import PREPROCESSING_PRESETS, read_class_order
 from core.errors import ConfigError, one_line, printable, show
 from core.yaml_files import YAMLProblem, parse_yaml, read_yaml
 from pipeline.backbones import BACKBONES, check_backbone
@@ -104,6 +105,27 @@ class DataConfig(_Section):
         return self
 
 
+class Normalization(_Section):
+    """``model.preprocessing`` written out: y = (x[..., channel_order] - mean) / std on RGB [0, 255] pixels."""
+
+    mean: Union[float, tuple[float, float, float]]
+    std: Union[float, tuple[float, float, float]]
+    channel_order: Literal["RGB", "BGR"] = "RGB"
+
+    @field_validator("std")
+    @classmethod
+    def _positive(cls, v):
+        if any(s <= 0 for s in (v if isinstance(v, tuple) else (v,))):
+            raise ValueError("must be > 0")
+        return v
+
+    def values(self) -> tuple[tuple[float, ...], tuple[float, ...], str]:
+        def triple(v):
+            return tuple(float(x) for x in v) if isinstance(v, tuple) else (float(v),) * 3
+
+        return triple(self.mean), triple(self.std), self.channel_order
+
+
 class ModelConfig(_Section):
     """The backbone and its starting weights; a new head (pooling, dropout, dense softmax) goes on top."""
 
@@ -119,6 +141,61 @@ class ModelConfig(_Section):
         description="`imagenet` (the Keras cache `~/.keras/models/`, or a download), `none` (random "
                     "initialization), or a path to a no-top `.h5` file saved by tf_keras for this backbone and alpha")
     dropout: float = Field(default=0.2, ge=0, lt=1, description="dropout rate before the classifier")
+    # Bring your own model (pipeline.adopt): these three replace backbone, alpha, weights and dropout.
+    path: Optional[str] = Field(
+        default=None,
+        description="an existing Keras classifier (`.keras`, `.h5` or a SavedModel folder) adopted instead of "
+                    "fine-tuning a backbone ([docs/bring_your_own.md](bring_your_own.md)); null fine-tunes "
+                    "`model.backbone`")
+    preprocessing: Optional[Union[Literal[tuple(PREPROCESSING_PRESETS)], Normalization]] = Field(
+        default=None,
+        description="required with `model.path`: what the model expects of RGB [0, 255] pixels, "
+                    "`mobilenet_v2` ((x − 127.5) / 127.5), `caffe` (BGR minus the ImageNet mean), `torch` (x / 255, "
+                    "then the ImageNet mean and std), `none` (the pixels as they are; also a model built by this "
+                    "pipeline), or `{mean, std, channel_order}` on the 0..255 scale")
+    labels: Optional[str] = Field(
+        default=None,
+        description="with `model.path`: a text file of class names, one a line, in the order of the model's "
+                    "outputs; null takes the class folders' names, sorted")
+
+    @field_validator("preprocessing", mode="before")
+    @classmethod
+    def _preset_or_mapping(cls, value: Any) -> Any:
+        # One sentence whatever is wrong: pydantic would report the union's every branch.
+        if value is None or isinstance(value, Normalization):
+            return value
+        if isinstance(value, dict):
+            try:
+                return Normalization.model_validate(value)
+            except ValidationError as exc:
+                error = exc.errors()[0]
+                key = str(error["loc"][0]) if error["loc"] else "mapping"
+                msg = error["msg"].removeprefix("Value error, ")
+                if key in ("mean", "std") and len(error["loc"]) > 1:  # pydantic's message is one branch's
+                    msg = "must be one number, or a list of three (one per channel)"
+                raise ValueError(f"{key}: {msg} (a mapping takes mean, std and channel_order, e.g. {{mean: 127.5, "
+                                 "std: 127.5, channel_order: RGB})") from None
+        if isinstance(value, str) and value in PREPROCESSING_PRESETS:
+            return value
+        raise ValueError(f"must be one of {', '.join(PREPROCESSING_PRESETS)}, or a mapping {{mean, std, "
+                         "channel_order}")
+
+    @model_validator(mode="after")
+    def _own_model_keys(self) -> "ModelConfig":
+        if self.path is not None and self.preprocessing is None:
+            raise ValueError("model.preprocessing is required with model.path; set it to what the model was trained "
+                             f"on ({', '.join(PREPROCESSING_PRESETS)}, or {{mean, std, channel_order}})")
+        for key in ("preprocessing", "labels"):
+            if self.path is None and getattr(self, key) is not None:
+                raise ValueError(f"model.{key} is read only with model.path; set model.path to your model, or "
+                                 f"remove model.{key}")
+        return self
+
+    def normalization(self) -> tuple[tuple[float, ...], tuple[float, ...], str]:
+        """(mean, std, channel order) of ``preprocessing``, a preset's or the mapping's."""
+        if isinstance(self.preprocessing, Normalization):
+            return self.preprocessing.values()
+        return PREPROCESSING_PRESETS[self.preprocessing]
 
     @model_validator(mode="after")
     def _buildable(self) -> "ModelConfig":
@@ -416,7 +493,8 @@ class Config(_Section):
 
     @model_validator(mode="after")
     def _backbone_takes_the_input(self) -> "Config":
-        problem = check_backbone(self.model.backbone, self.model.alpha, self.data.image_size)
+        problem = None if self.model.path else check_backbone(self.model.backbone, self.model.alpha,
+                                                              self.data.image_size)
         if problem:
             raise ValueError(problem)
         return self
@@ -546,7 +624,9 @@ def check_paths(cfg: Config, source: str, chief: bool = True) -> None:
             f"{source}: data.path {show(cfg.data.path)} is not a folder; point it at a folder with one sub-folder "
             "per class."
         )
-    if cfg.model.weights not in ("imagenet", "none"):
+    if cfg.model.path is not None:
+        _check_own_model(cfg, source)
+    elif cfg.model.weights not in ("imagenet", "none"):
         if not _is(cfg.model.weights, Path.is_file):
             raise ConfigError(
                 f"{source}: model.weights {show(cfg.model.weights)} is not a file; point it at a no-top .h5 weights "
@@ -565,6 +645,19 @@ def check_paths(cfg: Config, source: str, chief: bool = True) -> None:
     if not os.access(nearest, os.W_OK | os.X_OK):
         raise ConfigError(f"{source}: build_dir: {show(str(nearest))} is not writable, so {show(str(root))} cannot "
                           "be made; set build_dir to a folder you can write to.")
+
+
+def _check_own_model(cfg: Config, source: str) -> None:
+    """model.path and model.labels exist; what the model holds is checked before it is loaded (pipeline.adopt)."""
+    path = cfg.model.path
+    if not (_is(path, Path.is_file) or _is(path, Path.is_dir)):
+        raise ConfigError(f"{source}: model.path {show(path)} does not exist; point it at a .keras or .h5 file, or a "
+                          "SavedModel folder, saved by tf_keras.")
+    if cfg.model.labels is not None:
+        if not _is(cfg.model.labels, Path.is_file):
+            raise ConfigError(f"{source}: model.labels {show(cfg.model.labels)} is not a file; point it at a text "
+                              "file of class names, one a line, or remove the key to use the class folders' names.")
+        read_class_order(cfg.model.labels)
 
 
 def _is(path: str, test) -> bool:

@@ -124,6 +124,20 @@ def scan_folder(root: str | Path) -> LabelledFiles:
     return LabelledFiles(root, tuple(names), tuple(files), np.asarray(labels, dtype=np.int64), tuple(skipped))
 
 
+def apply_class_order(order: tuple[str, ...], class_names: tuple[str, ...],
+                      labels: np.ndarray) -> tuple[tuple[str, ...], np.ndarray]:
+    """(order, labels renumbered to it): class ``i`` becomes the one ``order`` puts at line ``i``."""
+    missing = [n for n in class_names if n not in order]
+    extra = [n for n in order if n not in class_names]
+    if missing or extra:
+        what = (f"has no line for class folder {missing[0]!r}" if missing
+                else f"names {extra[0]!r}, which is no class folder of data.path")
+        raise DataError(f"model.labels {what}; the labels file must name exactly the class folders "
+                        f"({', '.join(class_names)}), in the order of the model's outputs.")
+    position = np.array([order.index(n) for n in class_names], dtype=np.int64)
+    return tuple(order), position[labels]
+
+
 class BadImage(Exception):
     """An image file that cannot be used; ``reason`` is one phrase for the scan report."""
 

@@ -9,6 +9,7 @@ import numpy as np
 
 from core import layout
 from core.io import atomic_path, write_json, write_text
+from core.contract import read_class_order
 from core.layout import SPLITS
 from pipeline import data
 from pipeline.config import Config
@@ -33,6 +34,9 @@ STAGE = Stage(
     outs=(*(layout.split(name) for name in SPLITS), layout.LABELS, layout.SPLIT_INDEX, layout.SCAN),
     params=("data",),
     external_inputs=_source_fingerprint,
+    # model.labels renumbers the classes: its contents are an input of the split.
+    derived_params=lambda cfg: {"model.labels (class order)": None if cfg.model.labels is None
+                                else list(read_class_order(cfg.model.labels))},
     # Where training caches the splits does not change them: switching it does not decode again.
     ignores=("data.cache",),
 )
@@ -60,6 +64,8 @@ def run(cfg: Config, ctx) -> None:
         images, labels, files, digests = decoded.images, decoded.labels, decoded.files, decoded.digests
         skipped += decoded.skipped
         conversions = decoded.conversions
+    if cfg.model.labels is not None:  # a model brought to the pipeline fixes the class order
+        class_names, labels = data.apply_class_order(read_class_order(cfg.model.labels), class_names, labels)
     data.check_class_counts(class_names, labels, cfg.data.min_images_per_class, skipped)
 
     split = data.stratified_split(labels, cfg.data.val_fraction, cfg.data.test_fraction, cfg.data.seed)

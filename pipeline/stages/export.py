@@ -41,7 +41,7 @@ from exporters import convert, delegates, inspect, registry
 from exporters import metadata as file_metadata
 from exporters.runtimes import KerasSession, load_predictor, median_latency_ms, open_session
 from exporters.validate import compare
-from pipeline import manifest, models, repair
+from pipeline import adopt, manifest, models, repair
 from pipeline.config import Config
 from pipeline.stages import Stage
 from pipeline.trained import load_trained, needed_models, outputs_for
@@ -91,9 +91,10 @@ def calibration_images(train: np.ndarray, count: int, seed: int) -> np.ndarray:
 
 def model_info(cfg: Config, class_names: list[str], contract: dict) -> file_metadata.ModelInfo:
     """What the metadata of every file says; a class name no labels file can carry stops the run here."""
+    made = (f"{cfg.model.backbone} alpha {cfg.model.alpha:g} at {cfg.data.image_size} px, fine-tuned on "
+            if cfg.model.path is None else f"{Path(cfg.model.path).name} at {cfg.data.image_size} px, validated on ")
     description = cfg.export.description or (
-        f"Image classifier ({len(class_names)} classes), {cfg.model.backbone} alpha {cfg.model.alpha:g} at "
-        f"{cfg.data.image_size} px, fine-tuned on "
+        f"Image classifier ({len(class_names)} classes), {made}"
         f"{'scikit-learn digits' if cfg.data.source == 'digits' else Path(cfg.data.path).name}; "
         "input: RGB pixels 0..255, output: class probabilities")
     try:
@@ -225,7 +226,8 @@ def run(cfg: Config, ctx) -> None:
     class_names = read_labels(root)
     ref = reference(cfg, root)
     staging, artifacts = _fresh_folders(ctx)
-    contract = models.preprocessing_contract(cfg.model, cfg.data.image_size)
+    contract = (models.preprocessing_contract(cfg.model, cfg.data.image_size) if cfg.model.path is None
+                else adopt.preprocessing_contract(ref.model, cfg.data.image_size))
     x_train, _ = load_split(ctx.path(layout.split("train")))
     chosen = calibration_indices(len(x_train), cfg.export.calibration_samples, cfg.data.seed)
     fidelity_train = fidelity_train_indices(len(x_train), cfg)
@@ -495,8 +497,7 @@ def _results(cfg: Config, ctx, class_names: list[str], contract: dict, job: Publ
         },
         # What the data stage left out (file and reason), converted, and found twice (data/scan.json).
         "data": json.loads(ctx.path(layout.SCAN).read_text(encoding="utf-8")),
-        "model": {"backbone": cfg.model.backbone, "alpha": cfg.model.alpha, "weights": cfg.model.weights,
-                  "image_size": cfg.data.image_size},
+        "model": _model_facts(cfg),
         "preprocessing": contract,
         "reference": {"format": "keras", "accuracy": {"top1": ref.top1, "majority_class_rate": ref.majority_class_rate},
                       "at_chance": ref.untrained, "latency_ms": ref.latency_ms},
@@ -518,6 +519,15 @@ def _results(cfg: Config, ctx, class_names: list[str], contract: dict, job: Publ
     return results
 
 
+def _model_facts(cfg: Config) -> dict:
+    """What the model was made from: a fine-tuned backbone, or the model given with model.path (no backbone)."""
+    if cfg.model.path is None:
+        return {"backbone": cfg.model.backbone, "alpha": cfg.model.alpha, "weights": cfg.model.weights,
+                "image_size": cfg.data.image_size}
+    return {"backbone": None, "alpha": None, "weights": None, "image_size": cfg.data.image_size,
+            "path": cfg.model.path}
+
+
 def _write_manifest(cfg: Config, ctx, job: Publishing, results: dict, contract: dict, published: list[dict],
                     calibration: np.ndarray, chosen: np.ndarray, labels_out: Path) -> None:
     info = job.info
@@ -526,8 +536,7 @@ def _write_manifest(cfg: Config, ctx, job: Publishing, results: dict, contract: 
     bundle = {
         "schema_version": manifest.MANIFEST_VERSION,
         "model": {"name": info.name, "version": info.version, "description": info.description,
-                  "author": info.author, "license": info.license, "backbone": cfg.model.backbone,
-                  "alpha": cfg.model.alpha, "weights": cfg.model.weights, "image_size": cfg.data.image_size},
+                  "author": info.author, "license": info.license, **_model_facts(cfg)},
         "pipeline": manifest.git_state(Path(__file__).resolve().parent),
         "tools": results["versions"],
         **manifest.config_facts(cfg),

@@ -28,8 +28,9 @@ from core import layout
 from core.io import atomic_path, write_json
 from core.keras_compat import keras, tf
 from core.layout import read_labels
+from core.loader import load_classifier
 from core.splits import load_split
-from pipeline import data, distribution, interrupt, models, precision
+from pipeline import adopt, data, distribution, interrupt, models, precision
 from pipeline.config import Config
 from pipeline.interrupt import Interrupted, StopRequest
 from pipeline.resume import TrainingCheckpoint
@@ -45,6 +46,9 @@ STAGE = Stage(
     outs=(layout.MODEL, layout.HISTORY),
     # data too: augmentation and the shuffle seed live there.
     params=("data", "model", "train"),
+    # A model brought with model.path: its file's (or folder's) contents, so a changed model is adopted again.
+    external_inputs=lambda cfg: None if cfg.model.path is None else {
+        "model.path": adopt.fingerprint(cfg.model.path) if Path(cfg.model.path).exists() else "missing"},
     collective=True,
 )
 PHASES = ("head", "fine_tune")
@@ -212,6 +216,9 @@ def build_model(cfg: Config, num_classes: int) -> keras.Model:
 
 
 def run(cfg: Config, ctx) -> None:
+    if cfg.model.path is not None:
+        _adopt(cfg, ctx)
+        return
     seed_everything(cfg.data.seed)
     setup = distribution.training_setup(cfg.train)
     class_names = read_labels(ctx.root)
@@ -284,6 +291,29 @@ def run(cfg: Config, ctx) -> None:
     })
     # Only now: a run killed before this point resumes from the checkpoint instead of starting over.
     checkpoint.discard()
+
+
+def _adopt(cfg: Config, ctx) -> None:
+    """``model.path``: the user's classifier, rebuilt flat (``pipeline.adopt``), in place of fine-tuning."""
+    started = time.time()
+    class_names = read_labels(ctx.root)
+    x_train, _ = load_split(ctx.path(layout.split("train")), mmap=True)
+    sample = np.asarray(x_train[np.random.default_rng(cfg.data.seed).permutation(len(x_train))[:32]])
+    out = ctx.path(layout.MODEL)
+    with atomic_path(out) as tmp:
+        record = adopt.adopt(cfg, class_names, sample, tmp)
+    ctx.record_output(out)
+    x_val, y_val = load_split(ctx.path(layout.split("val")))
+    probs = models.predict_probs(load_classifier(out), x_val.astype(np.float32))
+    val_accuracy = float(np.mean(probs.argmax(1) == y_val)) if len(y_val) else None
+    log.info("[finetune] adopted %s without training (%s); validation top-1 %s", cfg.model.path,
+             "unchanged: a classifier this pipeline built" if record["adopted_unchanged"] else
+             f"rebuilt flat, {record['inlined_models']} nested model(s) inlined"
+             + (", softmax appended to its logits" if record.get("appended_softmax") else ""),
+             "n/a" if val_accuracy is None else f"{val_accuracy:.4f}")
+    write_json(ctx.path(layout.HISTORY), {"adopted": record, "val_accuracy": val_accuracy,
+                                          "seconds": round(time.time() - started, 1)})
+    ctx.record_output(ctx.path(layout.HISTORY))
 
 
 def _save(model, setup, ctx, history: dict) -> None:

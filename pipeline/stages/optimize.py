@@ -31,6 +31,7 @@ import numpy as np
 
 from core import layout
 from core.contract import PREPROCESS_LAYER
+from core.errors import ConfigError, one_line, show
 from core.io import atomic_path, write_json
 from core.layout import read_labels
 from core.loader import load_classifier
@@ -76,6 +77,18 @@ def _trainable(model, teacher, cfg: Config, lr: float, epochs: int, steps: int):
     return combined
 
 
+def _tfmot(cfg: Config, what: str, wrap):
+    """``wrap()``; a model given with model.path that tfmot cannot wrap is one sentence, not a traceback."""
+    try:
+        return wrap()
+    except (ValueError, RuntimeError, TypeError) as exc:
+        if cfg.model.path is None:  # our own classifier: tfmot refusing it is our bug
+            raise
+        raise ConfigError(f"model.path {show(cfg.model.path)}: tfmot cannot {what} this model "
+                          f"({one_line(exc, 200)}); drop tflite-qat-int8 and tflite-pruned-int8 from export.formats "
+                          "(the post-training formats work), or rebuild the model without that layer.") from None
+
+
 def _prepare(model, cfg: Config) -> None:
     for layer in model.layers:
         layer.trainable = True
@@ -95,7 +108,7 @@ def _quantization_aware_training(base, preserve_sparsity: bool, weights_out: str
     """QAT of ``base`` (sparsity-preserving for a pruned one); saves the weights; returns (model, val accuracies)."""
     o = cfg.optimize
     _prepare(base, cfg)
-    model = compression.quantize_aware(base, preserve_sparsity=preserve_sparsity)
+    model = _tfmot(cfg, "quantization-aware train", lambda: compression.quantize_aware(base, preserve_sparsity))
     _start_qat(model, cfg, range_batch)
     fit_model = _trainable(model, teacher, cfg, setup.lr(o.qat.lr), o.qat.epochs, steps)
     phase = "sparsity-preserving quantization-aware training" if preserve_sparsity else "quantization-aware training"
@@ -154,7 +167,7 @@ def _optimize(cfg: Config, ctx, setup, report: dict, x_train, train_ds, val_ds, 
         base = load_classifier(ctx.path(layout.MODEL))
         _prepare(base, cfg)
         schedule = compression.pruning_schedule(o.prune.target_sparsity, steps * o.prune.epochs, o.prune.ramp_fraction)
-        pruning = compression.apply_pruning(base, schedule, o.prune.exclude)
+        pruning = _tfmot(cfg, "prune", lambda: compression.apply_pruning(base, schedule, o.prune.exclude))
         fit_model = _trainable(pruning, teacher, cfg, setup.lr(o.prune.lr), o.prune.epochs, steps)
         prune_val = _fit(fit_model, f"pruning to {o.prune.target_sparsity:.0%} sparsity", o.prune.epochs, train_ds, val_ds,
                          compression.pruning_callbacks())
