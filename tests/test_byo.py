@@ -55,7 +55,9 @@ def _one_sentence(proc: subprocess.CompletedProcess) -> str:
 CASES = [("plain", "model.keras"), ("logits", "model.h5"), ("nested", "saved_model")]
 
 
-@pytest.mark.parametrize("kind,filename", CASES, ids=["keras", "h5", "savedmodel"])
+# CI runs the .keras case; the .h5 and SavedModel cases (~40-60 s each on 2 cores) are `make test-slow`.
+@pytest.mark.parametrize("kind,filename", [pytest.param(*case, marks=() if i == 0 else pytest.mark.slow)
+                                           for i, case in enumerate(CASES)], ids=["keras", "h5", "savedmodel"])
 def test_a_model_saved_by_a_separate_script_is_exported_validated_and_benchmarked(tmp_path, image_folder, kind,
                                                                                    filename):
     model = _user_model(kind, tmp_path / filename, image_folder)
@@ -104,7 +106,8 @@ def test_a_model_saved_by_a_separate_script_is_exported_validated_and_benchmarke
 
 @pytest.mark.parametrize("kind,filename,says", [
     ("lambda", "model.h5", "has a Lambda layer 'sneaky', which holds Python code and is not loaded"),
-    ("custom", "model.keras", "has layer 'doubler' of class 'Doubler', which is not a tf_keras layer"),
+    pytest.param("custom", "model.keras", "has layer 'doubler' of class 'Doubler', which is not a tf_keras layer",
+                 marks=pytest.mark.slow),
 ], ids=["lambda", "custom-class"])
 def test_code_in_a_model_is_refused_in_one_sentence_and_never_runs(tmp_path, image_folder, kind, filename, says):
     marker = tmp_path / "code_ran"
@@ -117,6 +120,7 @@ def test_code_in_a_model_is_refused_in_one_sentence_and_never_runs(tmp_path, ima
     assert not (tmp_path / "build/byo/finetune/model.keras").exists()
 
 
+@pytest.mark.slow  # ~75 s on 2 cores; data.apply_class_order has its unit test
 def test_a_labels_file_sets_the_class_order(tmp_path, image_folder):
     order = ["sky", "apple", "leaf"]  # not the folders' sorted order
     model = _user_model("plain", tmp_path / "model.keras", image_folder, BYO_CLASS_ORDER=",".join(order))
@@ -171,3 +175,13 @@ def test_our_own_model_readopted_gives_the_same_bytes_and_figures(tiny_build, tm
     with pytest.raises(ConfigError, match="already normalizes its input in its 'preprocess' layer.*"
                                           "set model.preprocessing: none"):
         runner.run(twice, str(path), force=("finetune",))
+
+
+def test_class_order_renumbers_labels_and_refuses_other_names():
+    from pipeline.data import apply_class_order
+    from core.errors import DataError
+
+    names, labels = apply_class_order(("sky", "apple", "leaf"), ("apple", "leaf", "sky"), np.array([0, 1, 2, 2, 0]))
+    assert names == ("sky", "apple", "leaf") and labels.tolist() == [1, 2, 0, 0, 1]
+    with pytest.raises(DataError, match="has no line for class folder 'sky'"):
+        apply_class_order(("apple", "leaf"), ("apple", "leaf", "sky"), np.array([0]))
