@@ -13,7 +13,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $@
 
-.PHONY: venv export status verify bench bench-train report gate figures docs test test-slow probe clean
+.PHONY: venv export status verify bench bench-train report gate figures docs matrix test test-slow probe clean
 venv: $(VENV)/.installed
 
 export: $(VENV)/.installed
@@ -56,6 +56,13 @@ figures: $(VENV)/.installed
 # docs/config.md from the schema in pipeline/config.py (a test fails when they differ).
 docs: $(VENV)/.installed
 	$(PY) -m pipeline.docs
+
+# The backbone × format matrix, docs/matrix.md and docs/matrix.json: every backbone through every stage and
+# export format at a small input with weights none (one child process per backbone; the page is rewritten after
+# each). MATRIX_FLAGS="--backbones vgg16,xception" rebuilds some rows; builds are kept in build/matrix/.
+MATRIX_FLAGS ?=
+matrix: $(VENV)/.installed
+	$(PY) -m pipeline.matrix $(MATRIX_FLAGS)
 
 # One worker per core (pytest-xdist); tests that share an expensive fixture carry one xdist_group
 # mark and go to one worker, the rest are handed out a test at a time.

@@ -340,7 +340,9 @@ def feed_float_layers_float(path: Path, prepared: Path, excluded: list[str]) -> 
     """
     import onnx
 
-    original = {n.name: list(n.input) for n in onnx.load(str(prepared)).graph.node if n.name in set(excluded)}
+    before = onnx.load(str(prepared)).graph
+    original = {n.name: list(n.input) for n in before.node if n.name in set(excluded)}
+    float_constants = {i.name: i for i in before.initializer}
     proto = onnx.load(str(path))
     graph = proto.graph
     produced = {o for n in graph.node for o in n.output} | {i.name for i in graph.input}
@@ -351,7 +353,12 @@ def feed_float_layers_float(path: Path, prepared: Path, excluded: list[str]) -> 
         for slot, name in enumerate(original[node.name]):
             if not name or name in initializers or node.input[slot] == name:
                 continue
-            if name not in produced:  # the quantizer folded it away: our bug, not the user's
+            if name in float_constants:
+                # A constant shared with quantized nodes (tf2onnx makes one of MobileNetV3's hard-swish 1/6 and
+                # +3 for every block) is stored quantized only; the float node gets its float value back.
+                graph.initializer.append(float_constants[name])
+                initializers.add(name)
+            elif name not in produced:  # the quantizer folded it away: our bug, not the user's
                 raise RuntimeError(f"{path}: float node {node.name!r} cannot read {name!r}: no node makes it")
             node.input[slot] = name
     _drop_unused_qdq(graph)
