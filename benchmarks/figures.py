@@ -121,8 +121,12 @@ def build_section(export: dict, bench: Optional[dict] = None, manifest: Optional
     model, dataset = export.get("model", {}), export.get("dataset", {})
     out = [f"## {name}", ""]
     weights = model.get("weights")
-    out.append(f"- **Model:** {model.get('backbone')} alpha {model.get('alpha')} at {model.get('image_size')} px, "
-               f"weights `{weights}`; config sha256 `{str(export.get('config_hash', ''))[:12]}`.")
+    if model.get("path"):  # a model the user trained elsewhere (model.path): no backbone, width or weights of ours
+        made = f"`{model['path']}` (brought, not fine-tuned here)"
+    else:
+        made = f"{model.get('backbone')} alpha {model.get('alpha')}, weights `{weights}`,"
+    out.append(f"- **Model:** {made} at {model.get('image_size')} px; "
+               f"config sha256 `{str(export.get('config_hash', ''))[:12]}`.")
     source = dataset.get("source")
     where = f" `{dataset['path']}`" if dataset.get("path") else ""
     out.append(f"- **Data:** {source}{where}, {len(dataset.get('classes') or [])} classes, "

@@ -86,6 +86,14 @@ def test_export_figures_with_commit_and_machine():
     assert "| (not made) | onnx-int8 | failed: conversion failed (ValueError: no) | — | — | — | — | — | — | — | — |" in page
     assert "compiled `tf.function` (7.251 ms)" in page and "largest class: 0.1037" in page
     assert "## tiny" in page and "digits, 10 classes, 270 test images" in page
+    assert "- **Model:** mobilenet_v2 alpha 0.35, weights `none`, at 32 px;" in page
+
+
+def test_a_brought_model_is_named_by_its_file_not_a_backbone():
+    export = {**_export(), "model": {"backbone": None, "alpha": None, "weights": None, "image_size": 96,
+                                     "path": "models/ours.keras"}}
+    page = "\n".join(figures.build_section(export, manifest=_manifest()))
+    assert "- **Model:** `models/ours.keras` (brought, not fine-tuned here) at 96 px;" in page and "None" not in page
 
 
 def test_bench_figures_per_target_with_ratio_to_keras():
