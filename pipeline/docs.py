@@ -40,9 +40,12 @@ and a value YAML cannot read is taken as text.
 - Numbers must be finite (no `.inf` or `.nan`), and a number key does not take `true`/`false` (YAML also reads
   `yes`, `no`, `on` and `off` so); `train.mixed_precision` and `train.jit_compile` take a bare `on`/`off` as the
   words.
-- `data.path`, `model.weights` and the build folder are checked when `run` starts, before any stage: a weights
-  file must be a readable Keras `.h5` file; whether it fits `model.backbone` and `model.alpha` is checked when
-  the finetune stage builds the model.
+- `data.path`, `model.weights`, `model.path`, `model.labels` and the build folder are checked when `run` starts,
+  before any stage: a weights file must be a readable Keras `.h5` file; whether it fits `model.backbone` and
+  `model.alpha` is checked when the finetune stage builds the model. A model given with `model.path` is checked
+  as JSON (no Lambda layer, no unknown class) before it is loaded ([bring_your_own.md](bring_your_own.md)).
+- `data.image_size` is checked against the backbone's smallest input and `model.alpha` against its widths
+  ([backbones.md](backbones.md)) when the file is read.
 - Type `… or null`: `null` (or leaving the key out) means what the description says for it.
 """
 
