@@ -20,7 +20,7 @@ import yaml
 from core.errors import ConfigError
 from pipeline import runner
 from pipeline.config import load_config
-from tests.conftest import TINY_FORMATS, TINY_SECTIONS, run_cli, write_config
+from tests.conftest import REPO, TINY_FORMATS, TINY_SECTIONS, needs_shared, run_cli, write_config
 
 SCRIPT = Path(__file__).with_name("byo_user_script.py")
 SIZE = 32
@@ -175,6 +175,36 @@ def test_our_own_model_readopted_gives_the_same_bytes_and_figures(tiny_build, tm
     with pytest.raises(ConfigError, match="already normalizes its input in its 'preprocess' layer.*"
                                           "set model.preprocessing: none"):
         runner.run(twice, str(path), force=("finetune",))
+
+
+# The deterministic formats: those whose bytes depend only on the model and the calibration images.
+FLOWERS_FORMATS = ["keras", "tflite-fp32", "tflite-fp16", "tflite-dynamic", "tflite-int8", "onnx-fp32", "onnx-int8"]
+
+
+@pytest.mark.slow  # ~15 min on 2 cores: flowers fine-tuning, then two exports
+@needs_shared
+def test_the_flowers_model_brought_back_gives_the_trained_builds_figures_and_bytes(tmp_path, monkeypatch):
+    """Issue 17, acceptance 4, on real photos: the fine-tuned flowers model given as model.path with the flowers folder."""
+    monkeypatch.chdir(REPO)  # the config's ../shared paths are relative to the repo root
+    config = REPO / "configs/flowers.yaml"
+    post_training = [f"build_dir={tmp_path / 'trained'}", f"export.formats=[{','.join(FLOWERS_FORMATS)}]",
+                     "benchmark.targets=[]"]
+    trained = load_config(config, post_training)
+    assert runner.run(trained, str(config)) == ["data", "finetune", "export"]
+    manifest = json.loads((trained.build_root / "artifacts/manifest.json").read_text())
+    brought = load_config(config, [*post_training[1:], f"build_dir={tmp_path / 'brought'}",
+                                   f"model.path={trained.build_root / 'finetune/model.keras'}",
+                                   "model.preprocessing=none",
+                                   f"export.description={json.dumps(manifest['model']['description'])}"])
+    assert runner.run(brought, str(config)) == ["data", "finetune", "export"]
+    old = json.loads((trained.build_root / "export/results.json").read_text())
+    new = json.loads((brought.build_root / "export/results.json").read_text())
+    assert old["reference"]["accuracy"]["top1"] >= 0.7  # the model learned: 5 classes, chance 0.2
+    assert new["reference"]["accuracy"] == old["reference"]["accuracy"]
+    for before, after in zip(old["artifacts"], new["artifacts"], strict=True):
+        assert after["format"] == before["format"]
+        assert after["sha256"] == before["sha256"], after["format"]
+        assert after["fidelity"] == before["fidelity"] and after["accuracy"] == before["accuracy"], after["format"]
 
 
 def test_class_order_renumbers_labels_and_refuses_other_names():
