@@ -319,6 +319,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         made = sum(c["converted"] for c in row["cells"].values())
         print(f"[matrix] {backbone}: {made}/{len(formats)} converted in {row['build_seconds']:.0f} s, exit "
               f"{row['exit_code']}" + (f": {row['error']}" if row.get("error") else ""), flush=True)
+    print(render(matrix), end="")
     print(f"[matrix] wrote {args.out} and {args.out.with_suffix('.md')}")
     return 0
 
