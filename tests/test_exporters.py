@@ -312,7 +312,10 @@ def test_onnx_int8_mixed_keeps_its_float_layers_float_in_a_default_session(train
     reference = keras_probabilities(trained_model, images).argmax(1)
     mixed = (_default_session_probabilities(path, images).argmax(1) == reference).mean()
     plain = (_default_session_probabilities(onnx_int8_file, images).argmax(1) == reference).mean()
-    assert mixed >= plain - 0.01 and mixed >= 0.95, (mixed, plain)  # not the collapse of a re-quantized layer
+    # Not the collapse of a re-quantized layer (agreement 0.31 where the all-int8 file had 0.86, on flowers).
+    # Two float layers need not agree better than all-int8 image for image: on this tiny model 0.974 against
+    # 0.985 (3 of 270 images), so the bound allows 3 pp, far from a collapse.
+    assert mixed >= plain - 0.03 and mixed >= 0.95, (mixed, plain)
 
 
 def test_float_layers_map_to_onnx_nodes_by_whole_name_segments(trained_model, calibration, tmp_path):
