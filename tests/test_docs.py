@@ -131,3 +131,12 @@ def test_backbone_page_is_the_registrys():
     page = docs.BACKBONES_DOC.read_text(encoding="utf-8")
     assert page == docs.render_backbones(), "docs/backbones.md differs from pipeline/backbones.py: run make docs"
     assert all(f"| `{name}` |" in page for name in docs.BACKBONES)
+
+
+def test_matrix_page_is_rendered_from_its_json_and_has_every_backbone():
+    from pipeline import matrix
+
+    page = matrix.MATRIX_PAGE.read_text(encoding="utf-8")
+    assert page == matrix.render(matrix.load(matrix.MATRIX_JSON)), "docs/matrix.md differs: make matrix MATRIX_FLAGS=--render"
+    rows = matrix.load(matrix.MATRIX_JSON)["backbones"]
+    assert set(rows) == set(docs.BACKBONES), f"docs/matrix.json lacks {sorted(set(docs.BACKBONES) - set(rows))}"
