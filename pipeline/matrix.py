@@ -272,7 +272,8 @@ def render(matrix: dict[str, Any]) -> str:
         lines.append(f"| `{name}` | {row.get('input_px', '–')} px | {row.get('alpha') or '–'} | {accuracy} | "
                      f"{qat_text} | {prune_text} | {build} | {row.get('exit_code', '–')} |")
     notes = [(name, fmt, cell["error"]) for name, row in rows.items()
-             for fmt, cell in row.get("cells", {}).items() if cell.get("error") and cell["validation"] != "passed"]
+             for fmt in formats if (cell := row.get("cells", {}).get(fmt))
+             and cell.get("error") and cell["validation"] != "passed"]
     failures = [(name, row["error"]) for name, row in rows.items() if row.get("error")]
     if notes or failures:
         lines += ["", "## What went wrong", ""]
