@@ -138,7 +138,9 @@ def _check_every_stage(results: dict, backbone: str) -> None:
     assert set(made) == {"keras", "tflite-fp32", "tflite-int8", "tflite-qat-int8", "tflite-pruned-int8",
                          "onnx-fp32", "onnx-int8", "onnx-int8-mixed"}
     # Converted and validated in its runtime; the float files agree with Keras exactly as always.
-    assert all(a["file"] and a["status"] in ("passed", "over budget") for a in made.values()), \
+    # "warned": published over its budget (export.on_budget_fail: warn): a model this small and untrained may
+    # miss it; what this test checks is that every stage and format works for the backbone.
+    assert all(a["file"] and a["status"] in ("passed", "warned") for a in made.values()), \
         {f: (a["status"], a.get("error")) for f, a in made.items()}
     assert made["tflite-fp32"]["status"] == made["onnx-fp32"]["status"] == "passed"
     for fmt in ("tflite-int8", "tflite-qat-int8", "tflite-pruned-int8"):
