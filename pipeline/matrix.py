@@ -29,6 +29,7 @@ from typing import Any, Optional
 
 import yaml
 
+from benchmarks.run import host_info
 from exporters import registry
 from pipeline.backbones import BACKBONES
 
@@ -164,7 +165,7 @@ def read_row(build_root: Path, formats: tuple[str, ...]) -> dict[str, Any]:
         "alpha": results["model"].get("alpha"),
         "keras_test_top1": (reference.get("accuracy") or {}).get("top1"),
         "chance_top1": (reference.get("accuracy") or {}).get("majority_class_rate"),
-        "test_images": (results.get("dataset") or {}).get("test_images") or _test_images(results),
+        "test_images": (results.get("dataset") or {}).get("test_images"),
         "qat": {"trained": "qat" in optimize.get("models", ()),
                 "layers_quantized_at_output": len(qat_layers.get("output", ())),
                 "layers_left_float": len(qat_layers.get("float", ()))},
@@ -174,24 +175,8 @@ def read_row(build_root: Path, formats: tuple[str, ...]) -> dict[str, Any]:
     }
 
 
-def _test_images(results: dict[str, Any]) -> Optional[int]:
-    for entry in results.get("artifacts", []):
-        test = ((entry.get("fidelity") or {}).get("test") or {})
-        if test.get("images"):
-            return test["images"]
-    return None
-
-
 def host() -> dict[str, Any]:
-    model = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": model, "cores": os.cpu_count()}
+    return {"cpu": host_info()["cpu"] or "unknown CPU", "cores": os.cpu_count()}
 
 
 def load(path: Path) -> dict[str, Any]:
