@@ -20,6 +20,8 @@ from __future__ import annotations
 import html as _html
 from typing import Optional
 
+from core import sensitivity
+
 TOP_LAYERS = 15
 CHOSEN = "✓"
 MINUS = "−"  # U+2212: a hyphen reads as a dash beside the interval's brackets
@@ -152,7 +154,7 @@ def float_keepers(results: dict) -> dict[str, list[str]]:
 def sensitivity_rows(results: dict) -> list[list[str]]:
     layers = (results.get("sensitivity") or {}).get("layers") or []
     keepers = float_keepers(results)
-    return [[str(i), r["layer"], f"{r['rmse_per_scale']:.3f}", str(r.get("ops", "–")),
+    return [[str(i), r["layer"], sensitivity.figure(r), str(r.get("ops", "–")),
              ", ".join(keepers.get(r["layer"], []))] for i, r in enumerate(layers[:TOP_LAYERS], 1)]
 
 
@@ -261,7 +263,16 @@ def sensitivity_figure(results: dict):
     names = [r["layer"] for r in layers]
     colours = ["tab:orange" if n in keepers else "tab:blue" for n in names]
     fig, ax = plt.subplots(figsize=(7, 0.32 * len(names) + 1.4))
-    ax.barh(range(len(names)), [r["rmse_per_scale"] for r in layers], color=colours)
+    # A collapsed range's ratio (up to 1e39) would flatten every other bar: it is drawn hatched, at the
+    # axis' end, and named in the legend.
+    finite = [r["rmse_per_scale"] for r in layers if not sensitivity.collapsed(r)]
+    cap = 1.25 * max(finite) if finite else 1.0
+    widths = [cap if sensitivity.collapsed(r) else r["rmse_per_scale"] for r in layers]
+    bars = ax.barh(range(len(names)), widths, color=colours)
+    for bar, r in zip(bars, layers):
+        if sensitivity.collapsed(r):
+            bar.set_hatch("//")
+            bar.set_edgecolor("black")
     ax.set_yticks(range(len(names)), names, fontsize=8)
     ax.invert_yaxis()  # most sensitive on top, as in the table
     ax.set_xlabel("int8 output RMSE / quantization scale")
@@ -269,6 +280,9 @@ def sensitivity_figure(results: dict):
     handles = [Patch(color="tab:blue", label="int8 in every file")]
     if keepers:
         handles.append(Patch(color="tab:orange", label="kept in float by a mixed file"))
+    if len(finite) < len(layers):
+        handles.append(Patch(facecolor="white", edgecolor="black", hatch="//",
+                             label="range collapsed in calibration (off the scale)"))
     ax.legend(handles=handles, loc="lower right", fontsize=8)
     ax.grid(axis="x", alpha=0.3)
     return fig

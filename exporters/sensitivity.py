@@ -8,6 +8,13 @@ figure): about 0.29 is pure rounding of a uniform signal; far above it, that op'
 range or weights do not fit in 8 bits. Ops are attributed to the Keras layer that
 made them (``exporters.inspect.layer_of_tensor``), so one ranking serves both
 TFLite and ONNX files.
+
+A layer whose calibrated range collapsed (a step under ``COLLAPSED_SCALE``: calibration
+saw a constant or all-zero output, e.g. hard-swish or squeeze-excite products of a
+model trained a few epochs) clips every value off that point, so its ratio is
+astronomical (measured: 6e39 on MobileNetV3) and says nothing but "collapsed". It stays
+at the top of the ranking, and ``core.sensitivity.figure`` names it that way instead of
+printing the ratio.
 """
 
 from __future__ import annotations
@@ -17,13 +24,19 @@ import numpy as np
 from exporters.converter import ExportContext
 
 
+def _scale(float_values, quant_values, scale, zero_point) -> float:
+    return float(scale)
+
+
 def _rmse_per_scale(float_values, quant_values, scale, zero_point) -> float:
     dequantized = (np.asarray(quant_values, np.float32) - zero_point) * scale
     return float(np.sqrt(np.mean(np.square(np.asarray(float_values, np.float32) - dequantized))) / scale)
 
 
 def layer_sensitivity(model, ctx: ExportContext, images: np.ndarray) -> list[dict]:
-    """Layers of ``model``, most sensitive first: ``{"layer", "rmse_per_scale", "ops"}``.
+    """Layers of ``model``, most sensitive first: ``{"layer", "rmse_per_scale", "scale", "ops"}``.
+
+    ``scale``: the smallest int8 step among the layer's ops (``core.sensitivity.collapsed`` reads it).
 
     ``ctx.calibration_images`` calibrate the ranges (as tflite-int8 does); ``images``
     (raw pixels, no labels) are the ones the errors are measured on.
@@ -43,7 +56,7 @@ def layer_sensitivity(model, ctx: ExportContext, images: np.ndarray) -> list[dic
     converter = keras_converter(model)
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     converter.representative_dataset = representative_dataset(calibration)
-    options = debugger.QuantizationDebugOptions(layer_direct_compare_metrics={"rmse_per_scale": _rmse_per_scale})
+    options = debugger.QuantizationDebugOptions(layer_direct_compare_metrics={"rmse_per_scale": _rmse_per_scale, "scale": _scale})
     debug = debugger.QuantizationDebugger(converter=converter, debug_dataset=representative_dataset(images),
                                           debug_options=options)
     debug.run()
@@ -56,7 +69,8 @@ def layer_sensitivity(model, ctx: ExportContext, images: np.ndarray) -> list[dic
         layer = layer_of_tensor(tensor, order)
         if layer is None or layer == output_layer:
             continue
-        row = by_layer.setdefault(layer, {"layer": layer, "rmse_per_scale": 0.0, "ops": 0})
+        row = by_layer.setdefault(layer, {"layer": layer, "rmse_per_scale": 0.0, "scale": float("inf"), "ops": 0})
         row["rmse_per_scale"] = max(row["rmse_per_scale"], round(float(metrics["rmse_per_scale"]), 4))
+        row["scale"] = min(row["scale"], float(f"{float(metrics['scale']):.4g}"))
         row["ops"] += 1
     return sorted(by_layer.values(), key=lambda r: (-r["rmse_per_scale"], order[r["layer"]]))

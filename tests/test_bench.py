@@ -189,7 +189,9 @@ def _hand_made_results() -> dict:
                        "verdict": "within: the interval's largest drop ≤ budget"},
         "sensitivity": {"model": "finetune", "images": 64, "metric": "rmse/scale",
                         "layers": [{"layer": "Conv1", "rmse_per_scale": 0.7, "ops": 1},
-                                   {"layer": "block_1_expand", "rmse_per_scale": 0.3, "ops": 2}]},
+                                   {"layer": "block_1_expand", "rmse_per_scale": 0.3, "ops": 2},
+                                   # A range that collapsed in calibration: its ratio is astronomical.
+                                   {"layer": "multiply_4", "rmse_per_scale": 6.3e39, "scale": 2e-41, "ops": 1}]},
         "artifacts": [mixed],
         "benchmark": {"host": {"cpu": "a CPU", "machine": "x86_64", "cpus": 2, "system": "Linux"}, "seconds": 1.0,
                       "targets": [{"name": "phone", "description": "a phone", "runtime": "litert", "threads": 1,
@@ -216,7 +218,8 @@ def test_report_accuracy_sections_by_hand():
     assert "| 2 | minmax | 200 | 1: Conv1 | 99.25% [98.00, 99.70] | −0.25 [−0.90, +0.40] | within | 3.0 | ✓ |" in repair
     assert "| 1 | minmax | 200 | none | 98.00% [96.00, 99.00] | −1.50 [−3.20, +0.10] | unproven | 2.7 |  |" in repair
     assert repair.count("✓") == 1
-    assert "| 1 | Conv1 | 0.700 | 1 | tflite-int8-mixed |" in md and "| 2 | block_1_expand | 0.300 | 2 |  |" in md
+    assert "| 1 | Conv1 | 0.70 | 1 | tflite-int8-mixed |" in md and "| 2 | block_1_expand | 0.30 | 2 |  |" in md
+    assert "| 3 | multiply_4 | range collapsed (int8 step 2e-41) | 1 |  |" in md
     page = report.html_page(results, [])
     for cls in ("paired", "attempts", "sensitivity"):
         assert f"<table class='{cls}'>" in page
@@ -231,6 +234,18 @@ def test_report_accuracy_sections_by_hand():
     md = report.markdown(old)
     assert "## Accuracy against" not in md and "## Repair" not in md and "## Int8 sensitivity" not in md
     assert "<table class='paired'>" not in report.html_page(old, [])
+
+
+def test_a_collapsed_range_does_not_flatten_the_sensitivity_plot():
+    """A 6e39 ratio drawn as it is would shrink every other bar to nothing: it is capped and named instead."""
+    from benchmarks.report_accuracy import sensitivity_figure
+
+    fig = sensitivity_figure(_hand_made_results())
+    ax = fig.axes[0]
+    widths = [bar.get_width() for bar in ax.patches]
+    assert widths[:2] == [0.7, 0.3] and 0.7 < widths[2] < 1.0  # capped just past the largest real ratio
+    assert ax.get_xlim()[1] < 1.0
+    assert "range collapsed in calibration (off the scale)" in [t.get_text() for t in ax.get_legend().get_texts()]
 
 
 def _gate(baseline: dict, current: Path, tmp_path: Path) -> subprocess.CompletedProcess:

@@ -102,6 +102,7 @@ def test_a_calibrated_format_is_repaired_on_val_only_and_a_rebuild_reuses_the_re
     assert entry["recipe"]["float_layers"] and entry["verdict"] in ("within", "unproven", "over")
     assert all("val" in a and "test" not in a for a in entry["repair"]["attempts"])
     assert results["sensitivity"]["layers"][0]["rmse_per_scale"] >= results["sensitivity"]["layers"][-1]["rmse_per_scale"]
+    assert all(0 < r["scale"] < 1e3 for r in results["sensitivity"]["layers"])  # each layer's smallest int8 step
     manifest = json.loads((cfg.build_root / layout.MANIFEST).read_text())
     (published,) = [a for a in manifest["artifacts"] if a["format"] == "tflite-int8-mixed"]
     assert published["recipe"]["float_layers"] == entry["recipe"]["float_layers"]

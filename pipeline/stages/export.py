@@ -36,6 +36,7 @@ from core import layout, stats
 from core.errors import BudgetError, DataError, ExportError, one_line
 from core.io import atomic_path, gzip_size, sha256_file, write_json
 from core.layout import read_labels
+from core.sensitivity import figure as sensitivity_figure
 from core.splits import load_split
 from exporters import convert, delegates, inspect, registry
 from exporters import metadata as file_metadata
@@ -217,7 +218,7 @@ class Publishing:
             self.sensitivity = layer_sensitivity(self.ref.model, self.export_ctx, images)
             log.info("[export] per-layer int8 sensitivity of the fine-tuned model on %d training images (%.0f s): "
                      "%s", len(images), time.time() - started,
-                     ", ".join(f"{r['layer']} {r['rmse_per_scale']:.2f}" for r in self.sensitivity[:5]))
+                     ", ".join(f"{r['layer']} {sensitivity_figure(r)}" for r in self.sensitivity[:5]))
         return self.sensitivity
 
 
@@ -468,7 +469,7 @@ def _choose_recipe(job: Publishing, fmt: str, model):
 
 def _advice(job: Publishing, spec) -> str:
     """What to try for a lossy file that is not within budget, with the measured figures behind it."""
-    top = ", ".join(f"{r['layer']} ({r['rmse_per_scale']:.2f})" for r in (job.sensitivity or [])[:3])
+    top = ", ".join(f"{r['layer']} ({sensitivity_figure(r)})" for r in (job.sensitivity or [])[:3])
     layers = f"; most int8-sensitive layers (rmse/scale): {top}" if top else ""
     if spec.source == "pruned-qat":
         return (f". Try more optimize.prune.epochs, a lower optimize.prune.target_sparsity, or keeping the "
