@@ -143,7 +143,8 @@ class Worker:
 
 
 def interleave(workers: list[Worker], *, min_runs: int = 30, max_runs: int = 2000, max_seconds: float = 30.0,
-               rel_ci: float = 0.01, burst: int = 1, warmup: int = 10, seed: int = 0, progress=None) -> float:
+               rel_ci: float = 0.01, burst: int = 20, burst_warmup: int = 5, warmup: int = 10, seed: int = 0,
+               progress=None) -> float:
     """Time every worker round by round until each median is stable or a bound is hit; returns seconds spent."""
     rng = np.random.default_rng(seed)
     order = list(workers)
@@ -154,7 +155,7 @@ def interleave(workers: list[Worker], *, min_runs: int = 30, max_runs: int = 200
     while True:
         rng.shuffle(order)
         for worker in order:
-            worker.times.extend(worker.ask(op="time", n=burst)["times_ms"])
+            worker.times.extend(worker.ask(op="time", n=burst, warm=burst_warmup)["times_ms"])
         elapsed = time.perf_counter() - started
         runs = min(len(w.times) - before[id(w)] for w in workers)
         if progress is not None:

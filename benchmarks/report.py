@@ -103,6 +103,24 @@ def _best_cells(bench: dict, by_target: dict) -> list[list[str]]:
     return out
 
 
+SELF_CHECK_COLUMNS = ["target", "file", "threads", "p50 ms bench / alone", "p90 ms bench / alone", "p99 ×",
+                      "host tail (p99/p50 alone)", "verdict"]
+
+
+def _self_check_intro(checked: list[dict]) -> str:
+    tol = checked[0]["tolerance"]
+    return (f"Each target's fastest file timed again alone, in a fresh process with the same threads, after the "
+            f"bench: the harness agrees when its p50 is within {tol['p50']:.0%} and its p90 within {tol['p90']:.0%} "
+            f"of the file's own. The host tail is how much of a tail the host makes with nothing else running.")
+
+
+def _self_check_cells(e: dict) -> list[str]:
+    h, a, r = e["harness"], e["alone"], e["ratio"]
+    return [e["target"], e["artifact"], str(e["threads"]), f"{h['p50']:.3f} / {a['p50']:.3f} (×{r['p50']:.2f})",
+            f"{h['p90']:.3f} / {a['p90']:.3f} (×{r['p90']:.2f})", f"{r['p99']:.2f}", f"{e['host_tail']:.2f}",
+            "agrees" if e["agrees"] else "DISAGREES"]
+
+
 def markdown(results: dict) -> str:
     bench = results["benchmark"]
     host = bench["host"]
@@ -132,6 +150,11 @@ def markdown(results: dict) -> str:
                   "|" + "---|" * len(COLUMNS)]
         lines += ["| " + " | ".join(_cells(r)) + " |" for r in by_target[t["name"]]]
     lines += ["", NOTE]
+    checked = bench.get("self_check") or []
+    if checked:
+        lines += ["", "## Self-check: the harness against each file alone", "", _self_check_intro(checked), "",
+                  "| " + " | ".join(SELF_CHECK_COLUMNS) + " |", "|" + "---|" * len(SELF_CHECK_COLUMNS)]
+        lines += ["| " + " | ".join(_self_check_cells(e)) + " |" for e in checked]
     lines += report_accuracy.markdown(results)
     return "\n".join(lines + [""])
 
@@ -265,6 +288,13 @@ def html_page(results: dict, images: list[Path]) -> str:
     if "sizes.png" in inline:
         parts.append(f"<h2>Sizes</h2><img class='plot' alt='sizes.png' src='data:image/png;base64,{inline['sizes.png']}'>")
     parts.append(f"<p>{esc(NOTE)}</p>")
+    checked = bench.get("self_check") or []
+    if checked:
+        parts.append(f"<h2>Self-check: the harness against each file alone</h2><p>{esc(_self_check_intro(checked))}</p>"
+                     "<table class='selfcheck'><tr>" + "".join(f"<th>{esc(c)}</th>" for c in SELF_CHECK_COLUMNS) + "</tr>")
+        parts += ["<tr" + ("" if e["agrees"] else " class='fail'") + ">" +
+                  "".join(f"<td>{esc(c)}</td>" for c in _self_check_cells(e)) + "</tr>" for e in checked]
+        parts.append("</table>")
     parts += report_accuracy.html(results, inline)
     parts.append("</body></html>")
     return "\n".join(parts)

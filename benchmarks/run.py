@@ -22,7 +22,7 @@ from typing import Optional
 
 import numpy as np
 
-from benchmarks import accuracy, efficiency
+from benchmarks import accuracy, efficiency, selfcheck
 from benchmarks.inputs import input_size, write_inputs
 from benchmarks.latency import Worker, WorkerError, interleave, relative_ci, summarize
 from benchmarks.targets import Target, available_cpus, load_targets
@@ -183,7 +183,8 @@ def measure(plan: list[tuple[Target, list[dict]]], inputs: Path, settings, work:
                 spent = interleave(group, min_runs=settings.min_runs if one else 1,
                                    max_runs=math.ceil(settings.max_runs / settings.blocks),
                                    max_seconds=settings.max_seconds / settings.blocks,
-                                   rel_ci=settings.rel_ci if one else 0.0, burst=settings.burst, warmup=settings.warmup)
+                                   rel_ci=settings.rel_ci if one else 0.0, burst=settings.burst,
+                                   burst_warmup=settings.burst_warmup, warmup=settings.warmup)
                 seconds[target.name] += spent
                 done += spent
                 if bar is not None:
@@ -357,6 +358,15 @@ def benchmark(cfg, root: Path, progress: bool = True) -> dict:
                      r["ratio_to_keras"]["p50"], acc, r["memory"]["peak_rss_mb"],
                      "" if not r["budget"] or r["budget"]["passed"] else "  OVER BUDGET: " + "; ".join(r["budget"]["failures"]))
 
+    checked = []
+    if settings.self_check_seconds:
+        # Each target's fastest file again, alone in a fresh process: does the harness distort it?
+        picked = [selfcheck.pick([r for r in rows if r["target"] == t.name]) for t, _ in plan]
+        checked = selfcheck.check([r for r in picked if r is not None], {e["key"]: e["path"] for e in entries},
+                                  inputs, work, settings.self_check_seconds)
+        for entry in checked:
+            log.info("[bench] self-check %s", selfcheck.describe(entry))
+
     results = {**export_results, "schema_version": SCHEMA_VERSION}
     results["benchmark"] = {
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -368,6 +378,7 @@ def benchmark(cfg, root: Path, progress: bool = True) -> dict:
         "rows": rows,
         "failures": [{"target": r["target"], "artifact": r["artifact"], "reasons": r["budget"]["failures"]}
                      for r in rows if r["budget"] and not r["budget"]["passed"]],
+        "self_check": checked,
         "seconds": round(time.time() - started, 1),
     }
     write_json(root / layout.BENCH_RESULTS, results)

@@ -6,8 +6,8 @@ so every file sees the same machine state. Only the worker's own imports and
 the one model live in this process: its load time, first-inference time and
 peak memory are that file's alone.
 
-Commands (``{"op": ...}``): ``time`` (``n`` timed calls, after one untimed call
-that refills the caches another process just used), ``memory``, ``predict``
+Commands (``{"op": ...}``): ``time`` (``n`` timed calls, after ``warm`` untimed ones,
+at least one, that wake this file's threads and refill the caches another process just used), ``memory``, ``predict``
 (the accuracy images from INPUTS.npz, ``images``), ``quit``.
 """
 
@@ -76,8 +76,10 @@ def main(argv: list[str]) -> int:
         command = json.loads(line)
         op = command["op"]
         if op == "time":
-            session.invoke(feed)
-            reply(times_ms=time_invocations(session, feed, int(command.get("n", 1))))
+            for _ in range(max(1, int(command.get("warm", 1)))):
+                session.invoke(feed)
+            reply(times_ms=time_invocations(session, feed, int(command.get("n", 1)),
+                                            float(command.get("max_seconds", float("inf")))))
         elif op == "memory":
             reply(peak_rss_mb=peak_rss_mb(), baseline_rss_mb=baseline)
         elif op == "predict":

@@ -22,7 +22,7 @@ from tests.conftest import REPO, TINY_FORMATS, TINY_SECTIONS, SharedFolder, copy
 
 TARGETS = REPO / "configs/targets.yaml"
 SCHEMA = json.loads((REPO / "benchmarks/results.schema.json").read_text())
-FAST = {"min_runs": 10, "max_runs": 60, "max_seconds": 3, "burst": 2, "peak_seconds": 0.05}
+FAST = {"min_runs": 10, "max_runs": 60, "max_seconds": 3, "burst": 2, "peak_seconds": 0.05, "self_check_seconds": 0.5}
 
 
 @pytest.fixture(scope="session")
@@ -194,6 +194,11 @@ def _hand_made_results() -> dict:
                                    {"layer": "multiply_4", "rmse_per_scale": 6.3e39, "scale": 2e-41, "ops": 1}]},
         "artifacts": [mixed],
         "benchmark": {"host": {"cpu": "a CPU", "machine": "x86_64", "cpus": 2, "system": "Linux"}, "seconds": 1.0,
+                      "self_check": [{"target": "phone", "artifact": "tflite-int8-mixed", "threads": 2,
+                                      "harness": {"p50": 0.37, "p90": 0.46, "p99": 0.75},
+                                      "alone": {"p50": 0.35, "p90": 0.38, "p99": 0.42}, "alone_runs": 3000,
+                                      "ratio": {"p50": 1.057, "p90": 1.211, "p99": 1.786}, "agrees": False,
+                                      "host_tail": 1.2, "tolerance": {"p50": 0.1, "p90": 0.2}}],
                       "targets": [{"name": "phone", "description": "a phone", "runtime": "litert", "threads": 1,
                                    "note": None, "best": None}],
                       "failures": [],
@@ -220,6 +225,8 @@ def test_report_accuracy_sections_by_hand():
     assert repair.count("✓") == 1
     assert "| 1 | Conv1 | 0.70 | 1 | tflite-int8-mixed |" in md and "| 2 | block_1_expand | 0.30 | 2 |  |" in md
     assert "| 3 | multiply_4 | range collapsed (int8 step 2e-41) | 1 |  |" in md
+    assert ("| phone | tflite-int8-mixed | 2 | 0.370 / 0.350 (×1.06) | 0.460 / 0.380 (×1.21) | 1.79 | 1.20 "
+            "| DISAGREES |") in md
     page = report.html_page(results, [])
     for cls in ("paired", "attempts", "sensitivity"):
         assert f"<table class='{cls}'>" in page
@@ -305,6 +312,40 @@ def test_gate_input_errors_exit_2(tmp_path):
     out = subprocess.run([sys.executable, "-m", "benchmarks.gate", "--baseline", str(tmp_path / "nope.json"),
                           "--results", str(tmp_path / "nope.json")], cwd=REPO, capture_output=True, text=True)
     assert out.returncode == 2 and out.stderr.startswith("error: baseline") and "Traceback" not in out.stderr
+
+
+def test_each_target_self_checks_its_fastest_file_alone(built):
+    """Issue 21: one file per target timed again alone, in a fresh process, beside its interleaved figures."""
+    _, _, results = built
+    bench = results["benchmark"]
+    checked = {e["target"]: e for e in bench["self_check"]}
+    assert set(checked) == {t["name"] for t in bench["targets"]}
+    for target, e in checked.items():
+        ours = [r for r in bench["rows"] if r["target"] == target and r["origin"] == "build"]
+        fastest = min(ours, key=lambda r: r["latency_ms"]["p50"])
+        assert e["artifact"] == fastest["artifact"] and e["threads"] == fastest["threads"]
+        assert e["harness"]["p50"] == fastest["latency_ms"]["p50"]
+        assert e["alone_runs"] > 10 and 0 < e["alone"]["p50"] <= e["alone"]["p90"] <= e["alone"]["p99"]
+        assert e["ratio"]["p50"] == pytest.approx(e["harness"]["p50"] / e["alone"]["p50"], abs=1e-3)
+    md = report.markdown(results)
+    assert "## Self-check: the harness against each file alone" in md
+    assert md.count("| phone-little | ") >= 1 and ("agrees |" in md or "DISAGREES |" in md)
+
+
+def test_self_check_verdict_at_its_edges():
+    from benchmarks.selfcheck import compare, pick
+
+    alone = {"p50": 1.0, "p90": 1.0, "p99": 2.0, "runs": 100}
+    at = lambda p50, p90: compare({"p50": p50, "p90": p90, "p99": 3.0}, alone)  # noqa: E731
+    assert at(1.10, 1.20)["agrees"] and at(0.90, 0.80)["agrees"]  # the tolerances themselves agree
+    assert not at(1.11, 1.0)["agrees"] and not at(0.89, 1.0)["agrees"]  # p50 past 10%
+    assert not at(1.0, 1.21)["agrees"] and not at(1.0, 0.79)["agrees"]  # p90 past 20%
+    assert at(1.0, 1.0)["ratio"] == {"p50": 1.0, "p90": 1.0, "p99": 1.5} and at(1.0, 1.0)["host_tail"] == 2.0
+    rows = [{"origin": "keras", "latency_ms": {"p50": 0.1}, "artifact": "keras"},
+            {"origin": "build", "latency_ms": {"p50": 0.5}, "artifact": "a"},
+            {"origin": "build", "latency_ms": {"p50": 0.3}, "artifact": "b"}]
+    assert pick(rows)["artifact"] == "b"  # this build's fastest file, never the Keras model
+    assert pick(rows[:1])["artifact"] == "keras" and pick([]) is None
 
 
 def test_bench_is_cached_and_forced(built, monkeypatch, tmp_path):

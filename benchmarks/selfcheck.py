@@ -1,0 +1,132 @@
+"""Self-check of the latency harness: a file timed alone, in a fresh process, against its interleaved figures.
+
+The bench times every file in turns with the others (``benchmarks.latency``), which
+protects against drift but could distort a file's figures (another file's thread
+pool still awake, caches it left cold). Here the same file runs alone: a new worker
+process, the same runtime and thread count, one long burst after ``WARM`` untimed
+calls, with nothing else running. The harness agrees when its p50 is within
+``P50_TOLERANCE`` and its p90 within ``P90_TOLERANCE`` of the file's own.
+
+The bench does it for one file per target (its fastest, where the harness's own cost
+would show most) and writes ``benchmark.self_check`` in results.json; the command
+does it for every file of a build's last bench, and exits 1 when one disagrees:
+
+    python -m benchmarks.selfcheck build/flowers [--seconds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+from typing import Optional
+
+from benchmarks.latency import Worker, summarize
+
+P50_TOLERANCE = 0.10
+P90_TOLERANCE = 0.20
+WARM = 50
+QUANTILES = ("p50", "p90", "p99")
+
+
+def time_alone(path: Path, runtime: str, threads: int, inputs: Path, log: Optional[Path] = None,
+               seconds: float = 3.0, max_runs: int = 3000) -> dict:
+    """``path``'s latency summary from a fresh worker process timed in one stretch (``seconds`` at most)."""
+    worker = Worker(str(path), Path(path), runtime, threads, inputs, log).start()
+    try:
+        times = worker.ask(op="time", n=max_runs, warm=WARM, max_seconds=seconds)["times_ms"]
+    finally:
+        worker.close()
+    return summarize(times)
+
+
+def _within(ratio: float, tolerance: float) -> bool:
+    return abs(ratio - 1) <= tolerance + 1e-9  # 1.1 - 1 is 0.10000000000000009 in binary
+
+
+def compare(harness: dict, alone: dict) -> dict:
+    """The harness's percentiles over the file's own, and whether they agree within the tolerances.
+
+    ``host_tail``: the file's own p99 over its p50, alone: how much of a tail the host makes by itself.
+    """
+    ratio = {q: round(harness[q] / alone[q], 3) for q in QUANTILES}
+    return {"harness": {q: harness[q] for q in QUANTILES}, "alone": {q: alone[q] for q in QUANTILES},
+            "alone_runs": alone["runs"], "ratio": ratio,
+            "agrees": _within(ratio["p50"], P50_TOLERANCE) and _within(ratio["p90"], P90_TOLERANCE),
+            "host_tail": round(alone["p99"] / alone["p50"], 3),
+            "tolerance": {"p50": P50_TOLERANCE, "p90": P90_TOLERANCE}}
+
+
+def pick(rows: list[dict]) -> Optional[dict]:
+    """The row a target's self-check times: its fastest file of this build (else its fastest of any)."""
+    ours = [r for r in rows if r["origin"] == "build"] or rows
+    return min(ours, key=lambda r: r["latency_ms"]["p50"]) if ours else None
+
+
+def check(rows: list[dict], paths: dict, inputs: Path, work: Path, seconds: float = 3.0) -> list[dict]:
+    """Time each row's file alone (``paths``: artifact key -> file) and compare it with the row's figures."""
+    out = []
+    for row in rows:
+        log = work / f"selfcheck-{row['target']}-{row['artifact'].replace(':', '_').replace('/', '_')}.log"
+        alone = time_alone(paths[row["artifact"]], row["runtime"], row["threads"], inputs, log, seconds)
+        out.append({"target": row["target"], "artifact": row["artifact"], "threads": row["threads"],
+                    **compare(row["latency_ms"], alone)})
+    return out
+
+
+def describe(entry: dict) -> str:
+    """One line of a self-check entry, for the log and the command's table."""
+    h, a, r = entry["harness"], entry["alone"], entry["ratio"]
+    return (f"{entry['target']:<14} {entry['artifact']:<34} {entry['threads']} thr  "
+            f"p50 {h['p50']:.3f} vs {a['p50']:.3f} ms (x{r['p50']:.2f})  p90 {h['p90']:.3f} vs {a['p90']:.3f} ms "
+            f"(x{r['p90']:.2f})  p99 x{r['p99']:.2f}  {'agrees' if entry['agrees'] else 'DISAGREES'}")
+
+
+def _path(build: Path, row: dict) -> Path:
+    """Where a bench row's file is: ``file`` is relative to the artifacts (ours), the build (Keras) or here."""
+    from core import layout
+
+    if row["origin"] == "build":
+        return build / layout.ARTIFACTS / row["file"]
+    return Path(row["file"]) if row["origin"] == "reference" else build / row["file"]
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.selfcheck", description=__doc__.split("\n\n")[0])
+    parser.add_argument("build", type=Path, help="a build folder with a bench run, e.g. build/flowers")
+    parser.add_argument("--seconds", type=float, default=3.0, help="timing per file alone (default 3)")
+    args = parser.parse_args(argv)
+    from core import layout
+    from core.splits import load_split
+    from benchmarks.inputs import input_size, write_inputs
+
+    results_path = args.build / layout.BENCH_RESULTS
+    if not results_path.is_file():
+        print(f"error: {results_path} not found; run the bench first (make bench).", file=sys.stderr)
+        return 2
+    results = json.loads(results_path.read_text(encoding="utf-8"))
+    rows = results["benchmark"]["rows"]
+    paths = {r["artifact"]: _path(args.build, r) for r in rows}
+    missing = sorted({str(p) for p in paths.values() if not p.is_file()})
+    if missing:
+        print(f"error: {', '.join(missing)} not found; run the export and bench again.", file=sys.stderr)
+        return 2
+    x_test, _ = load_split(args.build / layout.split("test"))
+    with tempfile.TemporaryDirectory() as tmp:
+        inputs = write_inputs(Path(tmp) / "inputs.npz", x_test[:1],
+                              sizes={input_size(p) for p in paths.values()} - {None})
+        entries = []
+        for row in rows:
+            (entry,) = check([row], paths, inputs, Path(tmp), args.seconds)
+            entries.append(entry)
+            print(describe(entry), flush=True)
+    worst = {q: max(entries, key=lambda e: abs(e["ratio"][q] - 1)) for q in ("p50", "p90")}
+    for q, e in worst.items():
+        print(f"worst {q}: x{e['ratio'][q]:.3f} ({e['target']}, {e['artifact']})")
+    return 0 if all(e["agrees"] for e in entries) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
