@@ -3,8 +3,8 @@
 The bench times every file in turns with the others (``benchmarks.latency``), which
 protects against drift but could distort a file's figures (another file's thread
 pool still awake, caches it left cold). Here the same file runs alone: a new worker
-process, the same runtime and thread count, one long burst after ``WARM`` untimed
-calls, with nothing else running. The harness agrees when its p50 is within
+process, the same runtime and thread count, one long burst after ``WARM_SECONDS`` of
+untimed calls, with nothing else running. The harness agrees when its p50 is within
 ``P50_TOLERANCE`` and its p90 within ``P90_TOLERANCE`` of the file's own.
 
 The bench does it for one file per target (its fastest, where the harness's own cost
@@ -28,6 +28,10 @@ from benchmarks.latency import Worker, summarize
 P50_TOLERANCE = 0.10
 P90_TOLERANCE = 0.20
 WARM = 50
+# Untimed calls for this long first: a host idle a moment before runs its first second slower
+# (measured on a 2-core VM: flowers' fp32 file at 2 threads 0.84 ms in the first 3 s after a
+# pause, 0.71 ms in the next 3 s), which is drift, not the harness.
+WARM_SECONDS = 1.5
 QUANTILES = ("p50", "p90", "p99")
 
 
@@ -36,7 +40,7 @@ def time_alone(path: Path, runtime: str, threads: int, inputs: Path, log: Option
     """``path``'s latency summary from a fresh worker process timed in one stretch (``seconds`` at most)."""
     worker = Worker(str(path), Path(path), runtime, threads, inputs, log).start()
     try:
-        times = worker.ask(op="time", n=max_runs, warm=WARM, max_seconds=seconds)["times_ms"]
+        times = worker.ask(op="time", n=max_runs, warm=WARM, warm_seconds=WARM_SECONDS, max_seconds=seconds)["times_ms"]
     finally:
         worker.close()
     return summarize(times)

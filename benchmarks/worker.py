@@ -7,7 +7,8 @@ the one model live in this process: its load time, first-inference time and
 peak memory are that file's alone.
 
 Commands (``{"op": ...}``): ``time`` (``n`` timed calls, after ``warm`` untimed ones,
-at least one, that wake this file's threads and refill the caches another process just used), ``memory``, ``predict``
+at least one, and more until ``warm_seconds`` have passed: they wake this file's threads
+and the host's cores and refill the caches another process just used), ``memory``, ``predict``
 (the accuracy images from INPUTS.npz, ``images``), ``quit``.
 """
 
@@ -76,7 +77,10 @@ def main(argv: list[str]) -> int:
         command = json.loads(line)
         op = command["op"]
         if op == "time":
+            warm_until = time.perf_counter() + float(command.get("warm_seconds", 0.0))
             for _ in range(max(1, int(command.get("warm", 1)))):
+                session.invoke(feed)
+            while time.perf_counter() < warm_until:
                 session.invoke(feed)
             reply(times_ms=time_invocations(session, feed, int(command.get("n", 1)),
                                             float(command.get("max_seconds", float("inf")))))
