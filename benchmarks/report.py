@@ -86,7 +86,7 @@ def _best_row(rows: list[dict], best: Optional[str]) -> Optional[dict]:
 
 
 NOTE = ("p50/p90/p99: single-image latency percentiles; ×Keras: ratio to the Keras model (compiled "
-        "tf.function, batch 1) timed in the same run; % of peak: achieved multiply-accumulates per second "
+        "tf.function, batch 1) timed in the same run at its fastest thread count up to the target's; % of peak: achieved multiply-accumulates per second "
         "against this host's measured GEMM peak at the same thread count (int8 peak for full-integer files). "
         "Reference rows are published files with other labels: no accuracy.")
 
@@ -121,6 +121,17 @@ def _self_check_cells(e: dict) -> list[str]:
             "agrees" if e["agrees"] else "DISAGREES"]
 
 
+def keras_threads_note(rows: list[dict]) -> Optional[str]:
+    """How the target's Keras reference was timed, when it was timed at more than one thread count."""
+    keras = next((r for r in rows if r["origin"] == "keras"), None)
+    kt = (keras or {}).get("keras_threads")
+    if not kt or len(kt["p50_ms"]) < 2:
+        return None
+    at = ", ".join(f"{t} thread(s) {ms:.3f} ms" for t, ms in kt["p50_ms"].items())
+    return (f"Keras reference at its fastest thread count up to the target's: {kt['chosen']} (p50 at {at}); "
+            f"every ×Keras ratio of this target is to that figure.")
+
+
 def markdown(results: dict) -> str:
     bench = results["benchmark"]
     host = bench["host"]
@@ -149,6 +160,9 @@ def markdown(results: dict) -> str:
         lines += ["", f"## {_target_heading(t)}", "", "| " + " | ".join(COLUMNS) + " |",
                   "|" + "---|" * len(COLUMNS)]
         lines += ["| " + " | ".join(_cells(r)) + " |" for r in by_target[t["name"]]]
+        note = keras_threads_note(by_target[t["name"]])
+        if note:
+            lines += ["", note]
     lines += ["", NOTE]
     checked = bench.get("self_check") or []
     if checked:
@@ -282,6 +296,9 @@ def html_page(results: dict, images: list[Path]) -> str:
             cls = r["origin"] if r["origin"] != "build" else ("fail" if not r["budget"]["passed"] else "ok")
             parts.append(f"<tr class='{cls}'>" + "".join(f"<td>{esc(c)}</td>" for c in _cells(r)) + "</tr>")
         parts.append("</table>")
+        note = keras_threads_note(by_target[t["name"]])
+        if note:
+            parts.append(f"<p>{esc(note)}</p>")
         for name in (f"tradeoff_{t['name']}.png", f"confusion_{t['name']}.png"):
             if name in inline:
                 parts.append(f"<img class='plot' alt='{esc(name)}' src='data:image/png;base64,{inline[name]}'>")

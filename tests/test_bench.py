@@ -332,6 +332,25 @@ def test_each_target_self_checks_its_fastest_file_alone(built):
     assert md.count("| phone-little | ") >= 1 and ("agrees |" in md or "DISAGREES |" in md)
 
 
+def test_keras_is_timed_at_its_fastest_thread_count_up_to_the_targets(built):
+    """Issue 21: TensorFlow at batch 1 can be slower with more threads; ×Keras is taken against its best."""
+    _, _, results = built
+    bench = results["benchmark"]
+    for t in bench["targets"]:
+        rows = [r for r in bench["rows"] if r["target"] == t["name"]]
+        (keras,) = [r for r in rows if r["origin"] == "keras"]
+        kt = keras["keras_threads"]
+        assert kt["target"] == t["threads"] and list(kt["p50_ms"]) == [str(n) for n in range(1, t["threads"] + 1)]
+        assert kt["chosen"] == min(range(1, t["threads"] + 1), key=lambda n: kt["p50_ms"][str(n)])
+        assert keras["threads"] == kt["chosen"] and keras["latency_ms"]["p50"] == min(kt["p50_ms"].values())
+        for r in rows:
+            assert r["ratio_to_keras"]["p50"] == pytest.approx(r["latency_ms"]["p50"] / keras["latency_ms"]["p50"],
+                                                               rel=1e-3)
+    several = [t for t in bench["targets"] if t["threads"] > 1]
+    assert several, "the fixture needs a multi-threaded target"
+    assert "Keras reference at its fastest thread count up to the target's" in report.markdown(results)
+
+
 def test_self_check_verdict_at_its_edges():
     from benchmarks.selfcheck import compare, pick
 
