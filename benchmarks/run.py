@@ -414,6 +414,12 @@ def benchmark(cfg, root: Path, progress: bool = True) -> dict:
                                   inputs, work, settings.self_check_seconds)
         for entry in checked:
             log.info("[bench] self-check %s", selfcheck.describe(entry))
+        if not all(e["agrees"] for e in checked):
+            off = ", ".join(f"{e['target']} {e['artifact']}" for e in checked if not e["agrees"])
+            log.warning("[bench] the self-check found the bench's figures for %s apart from the same file timed "
+                        "alone: this host's timing was not steady (another process, or cores that sleep between "
+                        "runs); read those targets' percentiles with care, or run `make bench` again on a quiet "
+                        "machine (the build itself is unaffected)", off)
 
     results = {**export_results, "schema_version": SCHEMA_VERSION}
     results["benchmark"] = {
