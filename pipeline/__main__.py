@@ -14,7 +14,9 @@ from pipeline.interrupt import RUN_AGAIN, Interrupted, terminate_raises
 def _parser() -> argparse.ArgumentParser:
     from exporters import registry
 
-    formats = "\n".join(f"  {row['format']:<14} {row['runtime']:<12} {row['description']}" for row in registry.table())
+    rows = registry.table()
+    width = max(len(row["format"]) for row in rows)  # the longest name sets the column (tflite-pruned-int8)
+    formats = "\n".join(f"  {row['format']:<{width}} {row['runtime']:<12} {row['description']}" for row in rows)
     parser = argparse.ArgumentParser(
         prog="python -m pipeline",
         description="Fine-tune, export and validate a mobile image classifier.",

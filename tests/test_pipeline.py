@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -11,7 +13,7 @@ from exporters.registry import TFLiteFP32, TFLiteInt8
 from pipeline import runner
 from pipeline.config import load_config
 from core.errors import BudgetError, ExportError
-from tests.conftest import SALTED_MAX_PIXELS, TINY_SECTIONS, copy_build, run_cli, write_config
+from tests.conftest import REPO, SALTED_MAX_PIXELS, TINY_SECTIONS, copy_build, run_cli, write_config
 
 RESULT_KEYS = {"name", "format", "file", "bytes", "gzip_bytes", "accuracy", "validation", "runtime", "precision",
                "sha256", "status", "sparsity", "latency_ms", "latency_ratio_to_keras"}
@@ -185,3 +187,17 @@ def test_cli_second_run_says_nothing_ran_and_status_agrees(tmp_path):
     lines = dict(line.split(None, 1) for line in status.stdout.splitlines())
     assert lines["data"] == "up to date" and lines["finetune"].startswith("stale: config section")
     assert lines["export"] == "stale: after finetune re-runs"
+
+
+def test_help_lists_every_format_in_aligned_columns():
+    """`python -m pipeline --help` ends with the format table; the longest name must not push its row out of line."""
+    from exporters import registry
+
+    out = subprocess.run([sys.executable, "-m", "pipeline", "--help"], cwd=REPO, capture_output=True, text=True,
+                         timeout=120).stdout
+    table = out.split("export formats (export.formats):\n")[1].splitlines()
+    rows = {line.split()[0]: line for line in table if line.strip()}
+    runtimes = {row["format"]: row["runtime"] for row in registry.table()}
+    assert list(rows) == list(runtimes)
+    columns = {line.index(" " + runtimes[name] + " ", line.index(name) + len(name)) for name, line in rows.items()}
+    assert len(columns) == 1, "the runtime column is not aligned"
