@@ -64,6 +64,11 @@ def relative_ci(stats: dict) -> float:
     return (hi - lo) / 2 / stats["p50"] if stats["p50"] > 0 else 1.0
 
 
+def slug(key: str) -> str:
+    """A worker key (``reference:x.tflite``, ``keras@1``) as a file-name part, for its log."""
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in key)
+
+
 class WorkerError(RuntimeError):
     pass
 

@@ -24,7 +24,7 @@ import numpy as np
 
 from benchmarks import accuracy, efficiency, selfcheck
 from benchmarks.inputs import input_size, write_inputs
-from benchmarks.latency import Worker, WorkerError, interleave, relative_ci, summarize
+from benchmarks.latency import Worker, WorkerError, interleave, relative_ci, slug, summarize
 from benchmarks.targets import Target, available_cpus, load_targets
 from exporters import registry
 from exporters.registry import FILE_KINDS, is_model_file, kind_of_file
@@ -158,30 +158,28 @@ def measure(plan: list[tuple[Target, list[dict]]], inputs: Path, settings, work:
 
     quiet = None if progress else True
     workers: dict[tuple[str, str], Worker] = {}
+    fewer: list[list[Worker]] = []  # per target: the Keras model at fewer threads than the target's
     bar = _progress_bar(", ".join(t.name for t, _ in plan), settings.max_seconds * len(plan)) if progress else None
     where = ""
     try:
         for target, entries in plan:
             for e in entries:
                 where = f"target {target.name}"
-                log_file = work / f"{target.name}-{_slug(e['key'])}.log"
+                log_file = work / f"{target.name}-{slug(e['key'])}.log"
                 workers[(target.name, e["key"])] = Worker(e["key"], e["path"], e["runtime"], target.host_threads(),
                                                           inputs, log_file)
             keras = next(e for e in entries if e["key"] == KERAS_KEY)
+            fewer.append([])
             for threads in range(1, target.host_threads()):
                 # The Keras reference also at fewer threads: TensorFlow at batch 1 can be slower with more.
                 key = keras_key(threads)
                 workers[(target.name, key)] = Worker(key, keras["path"], "keras", threads, inputs,
-                                                     work / f"{target.name}-{_slug(key)}.log")
+                                                     work / f"{target.name}-{slug(key)}.log")
+                fewer[-1].append(workers[(target.name, key)])
         for w in tqdm(list(workers.values()), desc="[bench] loading", leave=False, disable=quiet):
             w.start()
         where = "one of the targets"
         groups = [[workers[(t.name, e["key"])] for e in entries] for t, entries in plan]
-        # The Keras model at fewer threads is timed after every target's files, in a slice of its own:
-        # beside the files, or in a slice between targets, its TensorFlow worker made the next 2-thread
-        # files' p90 1.2-1.9x their own (measured on flowers, 2-core host).
-        fewer = [[w for (name, key), w in workers.items() if name == t.name and key.startswith(KERAS_KEY + "@")]
-                 for t, _ in plan]
         seconds = {t.name: 0.0 for t, _ in plan}
         # Each target is timed in `blocks` slices spread over the whole benchmark, one target
         # at a time: a slow minute of a shared machine then lands on every target alike, and
@@ -200,6 +198,9 @@ def measure(plan: list[tuple[Target, list[dict]]], inputs: Path, settings, work:
                 done += spent
                 if bar is not None:
                     bar(done, min(len(w.times) for g in groups for w in g))
+        # The Keras model at fewer threads is timed after every target's files, in a slice of its own:
+        # beside the files, or in a slice between targets, its TensorFlow worker made the next 2-thread
+        # files' p90 1.2-1.9x their own (measured on flowers, 2-core host).
         for group in fewer:
             if group:
                 interleave(group, min_runs=1, max_runs=settings.max_runs, max_seconds=settings.max_seconds / 4,
@@ -233,18 +234,12 @@ def target_rows(target: Target, entries: list[dict], measured: dict, seconds: fl
     rows = []
     for e in entries:
         w = workers[e["key"]]
-        stats = summarize(w.times)
         row = {
             "target": target.name, "artifact": e["key"], "name": e["name"], "origin": e["origin"],
             "format": e["format"], "runtime": e["runtime"], "precision": e["precision"], "file": e["file"],
             "threads": threads, "bytes": e["bytes"], "gzip_bytes": e["gzip_bytes"],
             "fully_integer": e["fully_integer"], "sparsity": e["sparsity"],
-            "latency_ms": stats, "noise": round(relative_ci(stats), 4),
-            "cold_start": {"load_ms": round(w.ready["load_ms"], 2),
-                           "first_inference_ms": round(w.ready["first_inference_ms"], 2)},
-            "memory": {"peak_rss_mb": memory[e["key"]]["peak_rss_mb"],
-                       "baseline_rss_mb": memory[e["key"]]["baseline_rss_mb"],
-                       "model_rss_mb": round(memory[e["key"]]["peak_rss_mb"] - memory[e["key"]]["baseline_rss_mb"], 2)},
+            **_measured_fields(w, memory[e["key"]]),
             "accuracy": None,
             "efficiency": None,
         }
@@ -292,22 +287,23 @@ def _keras_at_its_best(row: dict, fewer: dict) -> None:
     keeps its accuracy (the same model); its latency, cold start and memory become the
     fastest count's, so every ``ratio_to_keras`` is taken against Keras run at its best.
     """
-    p50 = {row["threads"]: row["latency_ms"]["p50"]}
-    summaries = {}
-    for threads, m in fewer.items():
-        summaries[threads] = summarize(m["worker"].times)
-        p50[threads] = summaries[threads]["p50"]
+    measured = {t: _measured_fields(m["worker"], m["memory"]) for t, m in fewer.items()}
+    p50 = {row["threads"]: row["latency_ms"]["p50"], **{t: f["latency_ms"]["p50"] for t, f in measured.items()}}
     best = min(p50, key=lambda t: (p50[t], t))
     row["keras_threads"] = {"chosen": best, "target": row["threads"],
                             "p50_ms": {str(t): p50[t] for t in sorted(p50)}}
-    if best == row["threads"]:
-        return
-    w, memory = fewer[best]["worker"], fewer[best]["memory"]
-    row.update(threads=best, latency_ms=summaries[best], noise=round(relative_ci(summaries[best]), 4),
-               cold_start={"load_ms": round(w.ready["load_ms"], 2),
-                           "first_inference_ms": round(w.ready["first_inference_ms"], 2)},
-               memory={"peak_rss_mb": memory["peak_rss_mb"], "baseline_rss_mb": memory["baseline_rss_mb"],
-                       "model_rss_mb": round(memory["peak_rss_mb"] - memory["baseline_rss_mb"], 2)})
+    if best != row["threads"]:
+        row.update(threads=best, **measured[best])
+
+
+def _measured_fields(worker: Worker, memory: dict) -> dict:
+    """A row's figures from its worker: latency and its noise, cold start, memory."""
+    stats = summarize(worker.times)
+    return {"latency_ms": stats, "noise": round(relative_ci(stats), 4),
+            "cold_start": {"load_ms": round(worker.ready["load_ms"], 2),
+                           "first_inference_ms": round(worker.ready["first_inference_ms"], 2)},
+            "memory": {"peak_rss_mb": memory["peak_rss_mb"], "baseline_rss_mb": memory["baseline_rss_mb"],
+                       "model_rss_mb": round(memory["peak_rss_mb"] - memory["baseline_rss_mb"], 2)}}
 
 
 def _best(rows: list[dict]) -> Optional[str]:
@@ -316,10 +312,6 @@ def _best(rows: list[dict]) -> Optional[str]:
     if not ok:
         return None
     return min(ok, key=lambda r: (r["latency_ms"]["p50"], r["bytes"]))["artifact"]
-
-
-def _slug(key: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in key)
 
 
 class _progress_bar:

@@ -23,7 +23,7 @@ import tempfile
 from pathlib import Path
 from typing import Optional
 
-from benchmarks.latency import Worker, summarize
+from benchmarks.latency import Worker, slug, summarize
 
 P50_TOLERANCE = 0.10
 P90_TOLERANCE = 0.20
@@ -73,7 +73,7 @@ def check(rows: list[dict], paths: dict, inputs: Path, work: Path, seconds: floa
     """Time each row's file alone (``paths``: artifact key -> file) and compare it with the row's figures."""
     out = []
     for row in rows:
-        log = work / f"selfcheck-{row['target']}-{row['artifact'].replace(':', '_').replace('/', '_')}.log"
+        log = work / f"selfcheck-{row['target']}-{slug(row['artifact'])}.log"
         alone = time_alone(paths[row["artifact"]], row["runtime"], row["threads"], inputs, log, seconds)
         out.append({"target": row["target"], "artifact": row["artifact"], "threads": row["threads"],
                     **compare(row["latency_ms"], alone)})
