@@ -51,3 +51,10 @@ class Converter:
 
     def export(self, model, path: Path, ctx: ExportContext) -> None:  # pragma: no cover - interface
         raise NotImplementedError
+
+    def keepable_float_layers(self, model, layers: list[str], ctx: ExportContext) -> list[str]:
+        """Those of ``layers`` (Keras layer names, in order) this format can keep in float for ``model``.
+
+        Every one, unless the converter merges some layers into others (see the ONNX one).
+        """
+        return list(layers)

@@ -353,6 +353,22 @@ def test_float_layers_map_to_onnx_nodes_by_whole_name_segments(trained_model, ca
         convert.get("onnx-int8").export(trained_model, out, _context(calibration, calibration_method="entropy"))
 
 
+def test_only_layers_with_ops_of_their_own_are_offered_as_float_layers(trained_model, calibration, tmp_path):
+    # tf2onnx merges a ZeroPadding2D into its convolution's pads: block_1_pad has no ONNX node,
+    # so the ONNX mixed format cannot keep it float (on flowers, every candidate that asked for it
+    # failed as a whole); TFLite runs it as a Pad op of its own.
+    ranked = ["block_1_pad", "Conv1", "block_1_depthwise", "block_3_pad"]
+    ctx = _context(calibration)
+    onnx_mixed = convert.get("onnx-int8-mixed")
+    keep = onnx_mixed.keepable_float_layers(trained_model, ranked, ctx)
+    assert keep == ["Conv1", "block_1_depthwise"]
+    assert convert.get("tflite-int8-mixed").keepable_float_layers(trained_model, ranked, ctx) == ranked
+    with pytest.raises(ValueError, match="'block_1_pad'.*match no node"):
+        onnx_mixed.export(trained_model, tmp_path / "pad.onnx", _context(calibration, float_layers=("block_1_pad",)))
+    onnx_mixed.export(trained_model, tmp_path / "kept.onnx", _context(calibration, float_layers=tuple(keep)))
+    assert (tmp_path / "kept.onnx").stat().st_size > 0
+
+
 def _activation_scales(path) -> dict[str, float]:
     import onnx
     from onnx import numpy_helper

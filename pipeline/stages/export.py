@@ -419,7 +419,7 @@ def _choose_recipe(job: Publishing, fmt: str, model):
     budget = cfg.export.budgets.get(fmt, spec.max_accuracy_drop_pp)
     searching = spec.float_fallback or cfg.export.repair
     key = repair.recipe_key(
-        search=2,  # the rules of pipeline.repair.score and better: a new rule searches again
+        search=3,  # the rules of pipeline.repair.score and better: a new rule searches again
         format=fmt, model=sha256_file(job.ctx.path(layout.MODEL)), base=base.as_dict(), seed=cfg.data.seed,
         budget=budget, min_agreement=cfg.export.repair_min_agreement, searching=searching,
         max_float_layers=cfg.export.repair_max_float_layers, int8=[cfg.export.int8_input, cfg.export.int8_output],
@@ -445,7 +445,13 @@ def _choose_recipe(job: Publishing, fmt: str, model):
     try:
         if spec.float_fallback:
             ranking = job.layer_sensitivity()
-            candidates = repair.float_candidates(base, [r["layer"] for r in ranking], cfg.export.repair_max_float_layers)
+            ranked = [r["layer"] for r in ranking]
+            keepable = convert.get(fmt).keepable_float_layers(model, ranked, job.context(base))
+            if len(keepable) < len(ranked):
+                log.info("[export] %-14s %d ranked layer(s) have no ops of their own in this format, not tried "
+                         "in float: %s", fmt, len(ranked) - len(keepable),
+                         ", ".join(name for name in ranked if name not in keepable)[:200])
+            candidates = repair.float_candidates(base, keepable, cfg.export.repair_max_float_layers)
             best, attempts = repair.search(candidates, build, job.ref.val, budget, cfg.export.repair_min_agreement)
         else:
             started = time.time()
