@@ -5,6 +5,8 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 CONFIG ?= configs/quickstart.yaml
 SET    ?=
+# VERBOSE=1: everything TensorFlow, absl and the converters print (by default it goes to build/<name>/tool-output.log).
+CLI    := $(PY) -m pipeline$(if $(VERBOSE), --verbose)
 
 # The stamp is rebuilt whenever pyproject.toml changes, so a pin change reinstalls.
 $(VENV)/.installed: pyproject.toml
@@ -17,20 +19,20 @@ $(VENV)/.installed: pyproject.toml
 venv: $(VENV)/.installed
 
 export: $(VENV)/.installed
-	$(PY) -m pipeline run --config $(CONFIG) $(foreach s,$(SET),--set $(s))
+	$(CLI) run --config $(CONFIG) $(foreach s,$(SET),--set $(s))
 
 status: $(VENV)/.installed
-	$(PY) -m pipeline status --config $(CONFIG) $(foreach s,$(SET),--set $(s))
+	$(CLI) status --config $(CONFIG) $(foreach s,$(SET),--set $(s))
 
 # Check the build's files against artifacts/manifest.json (checksums, schema, each file's metadata);
 # DIR=path checks another build or a copied artifacts folder.
 verify: $(VENV)/.installed
-	$(PY) -m pipeline verify $(if $(DIR),$(DIR),$$($(PY) -m pipeline path --config $(CONFIG) $(foreach s,$(SET),--set $(s))))
+	$(CLI) verify $(if $(DIR),$(DIR),$$($(PY) -m pipeline path --config $(CONFIG) $(foreach s,$(SET),--set $(s))))
 
 # Benchmark the last build again (every file on every target of benchmark.targets) and re-render the report;
 # stages that are out of date run first.
 bench: $(VENV)/.installed
-	$(PY) -m pipeline run --config $(CONFIG) $(foreach s,$(SET),--set $(s)) --force bench
+	$(CLI) run --config $(CONFIG) $(foreach s,$(SET),--set $(s)) --force bench
 
 # Images/s of the input pipeline alone and of fine-tuning, and the share of step time spent waiting for data
 # (bench/train_throughput.json); TRAIN_FLAGS="--epochs 3 --steps 40" bounds the run.

@@ -53,7 +53,8 @@ COLUMNS = ("file", "size MiB", "gzip MiB", "top-1", "Δ pp", "p50 ms", "p90 ms",
 
 def _cells(row: dict) -> list[str]:
     acc, eff, lat = row["accuracy"], row["efficiency"], row["latency_ms"]
-    budget = "–" if row["budget"] is None else ("ok" if row["budget"]["passed"] else "FAIL: " + "; ".join(row["budget"]["failures"]))
+    budget = ("–" if row["budget"] is None else "FAIL: " + "; ".join(row["budget"]["failures"])
+              if not row["budget"]["passed"] else "ok, accuracy unproven" if row["budget"].get("notes") else "ok")
     return [
         _label(row), _mib(row["bytes"]), _mib(row["gzip_bytes"]),
         _num(acc["top1"], "{:.4f}") if acc else "n/a", _num(acc["delta_pp"], "{:+.2f}") if acc else "n/a",

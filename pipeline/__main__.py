@@ -4,10 +4,10 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
 from core.errors import PipelineError
+from pipeline import console
 from pipeline.interrupt import RUN_AGAIN, Interrupted, terminate_raises
 
 
@@ -23,6 +23,9 @@ def _parser() -> argparse.ArgumentParser:
         epilog=f"export formats (export.formats):\n{formats}",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    verbose = "show everything TensorFlow, absl and the converters print (quiet by default; their lines go to " \
+              "build/<name>/tool-output.log)"
+    parser.add_argument("--verbose", action="store_true", help=verbose)
     sub = parser.add_subparsers(dest="command", required=True)
     for name, text in (("run", "run every stage that is not up to date"), ("status", "show which stages are up to date"),
                        ("path", "print the build folder of this config (build/<name>)")):
@@ -30,11 +33,13 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--config", required=True, help="pipeline YAML file, e.g. configs/quickstart.yaml")
         p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                        help="override one config key (repeatable), e.g. --set train.head_epochs=3")
+        p.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS, help=verbose)
         if name == "run":
             p.add_argument("--force", action="append", default=[], metavar="STAGE",
                            help="run this stage even if it is up to date (repeatable), e.g. --force bench")
     p = sub.add_parser("verify", help="check a build's files against its manifest.json: checksums, schema, metadata")
     p.add_argument("directory", help="a build folder (build/<name>) or its artifacts folder")
+    p.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS, help=verbose)
     return parser
 
 
@@ -49,6 +54,8 @@ def verify(directory: str) -> int:
         return 2
     for line in result.checked:
         print(f"ok    {line}")
+    for line in result.warned:
+        print(f"warned {line}")
     for line in result.notes:
         print(f"note  {line}")
     for line in result.problems:
@@ -57,13 +64,14 @@ def verify(directory: str) -> int:
         print(f"verify failed: {len(result.problems)} problem(s) in {directory}; re-export (make export) to rebuild "
               "the files, or restore them from the build that wrote the manifest.", file=sys.stderr)
         return 1
-    print(f"verify passed: {len(result.checked)} files match the manifest")
+    warned = f", {len(result.warned)} of them published over budget (warned)" if result.warned else ""
+    print(f"verify passed: {len(result.checked) + len(result.warned)} files match the manifest{warned}")
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
+    console.setup(args.verbose)  # before TensorFlow is imported: its start-up lines go through the filter
     if args.command == "verify":
         return verify(args.directory)
     try:
@@ -76,10 +84,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "status":
             from pipeline import runner
 
-            for stage, reason in runner.status(cfg):
-                print(f"{stage:<10} {'up to date' if reason is None else 'stale: ' + reason}")
-            for stage, reason in runner.not_needed(cfg):
-                print(f"{stage:<10} not needed: {reason}")
+            lines = {stage: "up to date" if reason is None else "stale: " + reason
+                     for stage, reason in runner.status(cfg)}
+            lines.update((stage, "not needed: " + reason) for stage, reason in runner.not_needed(cfg))
+            for stage, _ in runner.all_stages():  # in the order data flows through them
+                if stage.name in lines:
+                    print(f"{stage.name:<10} {lines[stage.name]}")
             return 0
         from pipeline import distribution
 
@@ -87,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
         chief = task is None or task.is_chief
         # Before the runner is imported (it imports TensorFlow): a bad path is one line, at once.
         check_paths(cfg, args.config, chief=chief)
+        if chief:  # what the console leaves out goes to the build folder, once it is certain to be made
+            console.attach_log(cfg.build_root)
         from pipeline import runner
         with terminate_raises():
             ran = runner.run(cfg, args.config, force=tuple(args.force))

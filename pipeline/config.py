@@ -611,13 +611,20 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{source} must be a YAML mapping of sections (name, data, model, train, optimize, export, benchmark).")
+    given: dict[tuple[str, ...], str] = {}
     for text_override in overrides:
         keys, value = parse_override(text_override)
         _apply_override(raw, keys, value, source)
+        given[tuple(keys)] = text_override
     try:
         return Config.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(_describe(exc.errors()[0], source)) from None
+        error = exc.errors()[0]
+        loc = tuple(str(part) for part in error["loc"])
+        # A key that came from --set is blamed on --set, not on a file that does not contain it.
+        blamed = next((f"--set {printable(text)}" for keys, text in given.items()
+                       if loc[:len(keys)] == keys or (loc and keys[:len(loc)] == loc)), source)
+        raise ConfigError(_describe(error, blamed)) from None
 
 
 def check_paths(cfg: Config, source: str, chief: bool = True) -> None:

@@ -191,6 +191,9 @@ class Verification:
     checked: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    # Files whose bytes and metadata match but that were published over their accuracy budget
+    # (export.on_budget_fail: warn): "ok" would hide that.
+    warned: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -218,8 +221,6 @@ def load(path: Path) -> dict:
 
 def verify(directory: Path) -> Verification:
     """Every file's bytes and checksum, and every file's metadata, against the manifest."""
-    from exporters import metadata
-
     manifest_path = locate(directory)
     folder = manifest_path.parent
     manifest = load(manifest_path)
@@ -236,35 +237,48 @@ def verify(directory: Path) -> Verification:
         out.checked.append(f"{labels_file.name}: {len(labels)} labels, sha256 ok")
 
     for art in manifest["artifacts"]:
-        path = folder / art["file"]
-        if not path.is_file():
-            out.problems.append(f"{art['file']}: listed in the manifest but missing")
-            continue
-        size, digest = path.stat().st_size, sha256_file(path)
-        if size != art["bytes"] or digest != art["sha256"]:
-            out.problems.append(f"{art['file']}: sha256 {digest[:12]}… ({size} bytes) differs from the manifest's "
-                                f"{art['sha256'][:12]}… ({art['bytes']} bytes): the file changed after export")
-            continue
-        if art["metadata"] is None:
-            out.checked.append(f"{art['file']}: sha256 ok")
-            continue
-        try:
-            read = metadata.read_metadata(path)
-        except Exception as exc:  # any reader failure is this file's problem, reported by name
-            out.problems.append(f"{art['file']}: its metadata cannot be read ({exc})")
-            continue
-        mismatches = _metadata_mismatches(read, art, manifest)
-        if mismatches:
-            out.problems.append(f"{art['file']}: metadata disagrees with the manifest: {'; '.join(mismatches)}")
-        else:
-            norm = read["input"]["normalization"]
-            out.checked.append(f"{art['file']}: sha256 ok; metadata ok ({len(read['labels'])} labels, "
-                               f"mean {_short(norm['mean'])}, std {_short(norm['std'])})")
+        checked = len(out.checked)
+        _verify_one(folder, art, manifest, out)
+        if len(out.checked) > checked and art["validation"]["status"] == "warned":
+            v = art["validation"]
+            low, high = v["delta_interval_pp"]
+            out.warned.append(f"{out.checked.pop()} (over budget: top-1 {v['delta_pp']:+.2f} pp, 95% {low:+.2f}.."
+                              f"{high:+.2f}, published under export.on_budget_fail: warn)")
 
     listed = {art["file"] for art in manifest["artifacts"]} | {MANIFEST, manifest["labels_file"]["file"]}
     for extra in sorted(p.name for p in folder.iterdir() if p.is_file() and p.name not in listed):
         out.notes.append(f"{extra}: in the folder but not in the manifest")
     return out
+
+
+def _verify_one(folder: Path, art: dict, manifest: dict, out: Verification) -> None:
+    """One file's bytes, checksum and metadata against its manifest entry: a line in ``out``."""
+    from exporters import metadata
+
+    path = folder / art["file"]
+    if not path.is_file():
+        out.problems.append(f"{art['file']}: listed in the manifest but missing")
+        return
+    size, digest = path.stat().st_size, sha256_file(path)
+    if size != art["bytes"] or digest != art["sha256"]:
+        out.problems.append(f"{art['file']}: sha256 {digest[:12]}… ({size} bytes) differs from the manifest's "
+                            f"{art['sha256'][:12]}… ({art['bytes']} bytes): the file changed after export")
+        return
+    if art["metadata"] is None:
+        out.checked.append(f"{art['file']}: sha256 ok")
+        return
+    try:
+        read = metadata.read_metadata(path)
+    except Exception as exc:  # any reader failure is this file's problem, reported by name
+        out.problems.append(f"{art['file']}: its metadata cannot be read ({exc})")
+        return
+    mismatches = _metadata_mismatches(read, art, manifest)
+    if mismatches:
+        out.problems.append(f"{art['file']}: metadata disagrees with the manifest: {'; '.join(mismatches)}")
+    else:
+        norm = read["input"]["normalization"]
+        out.checked.append(f"{art['file']}: sha256 ok; metadata ok ({len(read['labels'])} labels, "
+                           f"mean {_short(norm['mean'])}, std {_short(norm['std'])})")
 
 
 def _short(values: list[float]) -> str:

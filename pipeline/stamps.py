@@ -144,6 +144,9 @@ def why_stale(stage: Stage, cfg: Config, root: Path) -> Optional[str]:
     """None when the stage is up to date, else a short reason."""
     path = stamp_path(root, stage)
     if not path.exists():
+        if path.parent.is_dir() and any(path.parent.iterdir()):
+            # Its folder has files but no stamp: a run began it and failed or was stopped.
+            return "no completed run: the last one failed or was stopped"
         return "never run"
     try:
         stamp = json.loads(path.read_text())

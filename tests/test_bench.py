@@ -495,3 +495,29 @@ def test_a_code_change_re_runs_the_stages_that_import_it_and_no_other(built, tmp
     assert status["bench"] == "stale: after export re-runs"
     assert status["data"] == status["finetune"] == "up to date"
     assert _run(path, repo) == "export, bench"
+
+
+def test_a_targets_accuracy_budget_fails_a_file_only_when_its_whole_interval_is_over():
+    """The bench applies the export stage's verdicts: a 3-image loss on 270 is unproven, a 30-image loss is over."""
+    from benchmarks.run import _budget_failures, _budget_notes
+    from benchmarks.targets import Budgets, Target
+    from core import stats
+
+    target = Target(runtime="litert", budgets=Budgets(accuracy_drop_pp=1.0))
+    labels = np.arange(270) % 10
+    keras = np.eye(10)[labels]
+    rows = {}
+    for lost in (3, 30):
+        probs = keras.copy()
+        probs[:lost] = np.eye(10)[(labels[:lost] + 1) % 10]  # the file gets `lost` images wrong that Keras got right
+        paired = stats.paired(keras, probs, labels).as_dict(target.budgets.accuracy_drop_pp)
+        rows[lost] = {"latency_ms": {"p90": 1.0}, "bytes": 1, "memory": {"peak_rss_mb": 1},
+                      "accuracy": {"delta_pp": paired["delta_pp"], "paired": paired}}
+    assert rows[3]["accuracy"]["paired"]["verdict"] == "unproven"
+    assert _budget_failures(target, rows[3]) == []
+    # Newcombe's interval for b=3, c=0, n=270: -3.22..+0.47 pp
+    assert _budget_notes(rows[3]) == ["top-1 -1.11 pp (95% -3.22..+0.47) neither within nor over the 1 pp budget "
+                                      "on 270 test images"]
+    (failure,) = _budget_failures(target, rows[30])
+    assert failure.startswith("top-1 -11.11 pp vs Keras (95% ") and failure.endswith("over the 1 pp budget")
+    assert _budget_notes(rows[30]) == []

@@ -101,6 +101,20 @@ def test_cli_unknown_key_exits_2(tmp_path):
     assert "unknown key 'colour'" in line and str(path) in line
 
 
+def test_a_bad_set_override_blames_set_not_the_file(tmp_path):
+    with pytest.raises(ConfigError) as typo:
+        load_config(REPO / "configs/quickstart.yaml", ["train.fine_tune_epoch=3"])
+    assert str(typo.value).startswith("--set train.fine_tune_epoch=3: unknown key 'train.fine_tune_epoch' "
+                                      "(did you mean 'fine_tune_epochs'?)")
+    assert "quickstart.yaml" not in str(typo.value)
+    with pytest.raises(ConfigError, match=r"^--set train.head_epochs=-1: train.head_epochs: .*greater than"):
+        load_config(REPO / "configs/quickstart.yaml", ["data.seed=3", "train.head_epochs=-1"])
+    own = tmp_path / "quickstart.yaml"
+    own.write_text((REPO / "configs/quickstart.yaml").read_text() + "colour: blue\n")
+    with pytest.raises(ConfigError, match=r"quickstart.yaml: unknown key 'colour'"):  # the file's own key: the file
+        load_config(own, ["train.head_epochs=1"])
+
+
 def test_cli_missing_data_path_exits_2(tmp_path):
     path = write_config(tmp_path / "c.yaml", data={"source": "folder", "path": str(tmp_path / "nowhere")})
     line = _one_sentence_exit_2(run_cli("run", "--config", str(path)))

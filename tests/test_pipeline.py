@@ -10,7 +10,7 @@ import pytest
 
 from exporters import tflite
 from exporters.registry import TFLiteFP32, TFLiteInt8
-from pipeline import runner
+from pipeline import manifest, runner
 from pipeline.config import load_config
 from core.errors import BudgetError, ExportError
 from tests.conftest import REPO, SALTED_MAX_PIXELS, TINY_SECTIONS, copy_build, run_cli, write_config
@@ -102,10 +102,15 @@ def test_file_over_budget_fails_the_run_and_is_not_published(budget_dir, monkeyp
     assert entry["status"] == "failed" and reason in entry["error"]
     # warn publishes it and marks it; earlier stages keep their stamps, so only export re-runs.
     warn = load_config(path, ["export.on_budget_fail=warn"])
+    assert dict(runner.status(warn))["export"] == "no completed run: the last one failed or was stopped"
     assert runner.run(warn, str(path)) == ["export"]
     assert (cfg.build_root / "artifacts" / file).exists()
     entry = _results(cfg)["artifacts"][0]
     assert entry["status"] == "warned" and reason in entry["error"]
+    checked = manifest.verify(cfg.build_root)  # verify does not call a warned file plain "ok"
+    assert checked.ok and not [line for line in checked.checked if line.startswith(file)]
+    (line,) = [line for line in checked.warned if line.startswith(file)]
+    assert "(over budget: top-1 " in line and "export.on_budget_fail: warn" in line
     if exporter is TFLiteInt8:  # the default int8 input: the camera's bytes, MobileNetV2's normalization folded in
         assert entry["input"]["dtype"] == "uint8" and entry["input"]["feed"] == "raw RGB pixel bytes"
 
@@ -176,13 +181,32 @@ def test_resnet50_goes_through_every_stage(tmp_path):
     assert results["preprocessing"]["in_graph_normalization"]["channel_order"] == "BGR"
 
 
+# What TensorFlow, absl, the converters and matplotlib printed on every command (issue 18), written
+# out here rather than taken from pipeline.console, so that this test can fail.
+LIBRARY_NOISE = ("All log messages before absl::InitializeLog", "oneDNN custom operations are on",
+                 "Could not find cuda drivers", "cpu_feature_guard", "Sharding callback duration",
+                 "generated new fontManager", "fully_quantize:", "Statistics for quantized inputs were expected",
+                 "Increased scale[", "Using new converter", "Created TensorFlow Lite XNNPACK delegate",
+                 "Axis 1 is out-of-range")
+
+
 def test_cli_second_run_says_nothing_ran_and_status_agrees(tmp_path):
-    path = write_config(tmp_path / "tiny.yaml", export={"formats": ["keras"]})
+    # The int8 formats bring the converters' chatter: the quiet console must leave all of it out.
+    path = write_config(tmp_path / "tiny.yaml", export={"formats": ["keras", "tflite-int8", "onnx-int8"],
+                                                        "repair": False, "on_unproven": "warn",
+                                                        "on_budget_fail": "warn", "latency_runs": 0})
     first = run_cli("run", "--config", str(path))
     assert first.returncode == 0, first.stderr[-2000:]
-    second = run_cli("run", "--config", str(path))
+    printed = first.stdout + first.stderr
+    assert "[export] tflite-int8" in printed and "[export] onnx-int8" in printed  # our lines are there
+    assert [n for n in LIBRARY_NOISE if n in printed] == [], printed[-3000:]
+    root = tmp_path / "build" / "tiny"
+    kept = (root / "tool-output.log").read_text()
+    assert "oneDNN custom operations are on" in kept and "fully_quantize:" in kept  # left out, not lost
+    second = run_cli("run", "--config", str(path), "--verbose")  # --verbose: everything, as the libraries print it
     assert second.returncode == 0 and "ran no stage" in second.stdout
     assert "up to date, skipped" in second.stderr
+    assert "oneDNN custom operations are on" in second.stderr
     status = run_cli("status", "--config", str(path), "--set", "train.fine_tune_lr=0.002")
     lines = dict(line.split(None, 1) for line in status.stdout.splitlines())
     assert lines["data"] == "up to date" and lines["finetune"].startswith("stale: config section")
