@@ -90,7 +90,9 @@ class Worker:
 
     def start(self) -> "Worker":
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", worker_module.__name__, str(self.path), self.runtime, str(self.threads), str(self.inputs)],
+            # Absolute paths: the worker starts in the package's folder, the user's may be anywhere.
+            [sys.executable, "-m", worker_module.__name__, str(Path(self.path).resolve()), self.runtime,
+             str(self.threads), str(Path(self.inputs).resolve())],
             cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log_stream(), text=True, bufsize=1,
         )
         self.ready = self._read()

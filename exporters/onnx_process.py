@@ -35,7 +35,9 @@ def convert(model, path: Path, image_size: int, opset: int) -> None:
         env = {**os.environ, "PYTHONHASHSEED": "0", "CUDA_VISIBLE_DEVICES": ""}
         env.pop("TF_CONFIG", None)  # the child is no worker of a cluster
         child = subprocess.run(
-            [sys.executable, "-m", "exporters.onnx_process", str(saved), str(path), str(image_size), str(opset)],
+            # Absolute paths: the child starts in the package's folder, the build folder may be relative to ours.
+            [sys.executable, "-m", "exporters.onnx_process", str(saved.resolve()), str(Path(path).resolve()),
+             str(image_size), str(opset)],
             capture_output=True, text=True, env=env, timeout=CONVERSION_TIMEOUT_S,
             cwd=Path(__file__).resolve().parents[1])
     if child.returncode != 0:

@@ -11,6 +11,14 @@ from pipeline import console
 from pipeline.interrupt import RUN_AGAIN, Interrupted, terminate_raises
 
 
+def _prog() -> str:
+    """How the user started us: the installed ``mobile-export`` or ``python -m pipeline``."""
+    import os
+
+    name = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    return name if name and not name.endswith(".py") and name != "-c" else "python -m pipeline"
+
+
 def _parser() -> argparse.ArgumentParser:
     from exporters import registry
 
@@ -18,7 +26,7 @@ def _parser() -> argparse.ArgumentParser:
     width = max(len(row["format"]) for row in rows)  # the longest name sets the column (tflite-pruned-int8)
     formats = "\n".join(f"  {row['format']:<{width}} {row['runtime']:<12} {row['description']}" for row in rows)
     parser = argparse.ArgumentParser(
-        prog="python -m pipeline",
+        prog=_prog(),
         description="Fine-tune, export and validate a mobile image classifier.",
         epilog=f"export formats (export.formats):\n{formats}",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -30,7 +38,8 @@ def _parser() -> argparse.ArgumentParser:
     for name, text in (("run", "run every stage that is not up to date"), ("status", "show which stages are up to date"),
                        ("path", "print the build folder of this config (build/<name>)")):
         p = sub.add_parser(name, help=text)
-        p.add_argument("--config", required=True, help="pipeline YAML file, e.g. configs/quickstart.yaml")
+        p.add_argument("--config", required=True, help="pipeline YAML file, e.g. configs/quickstart.yaml, or the "
+                       "name of a shipped one (quickstart, flowers, example)")
         p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                        help="override one config key (repeatable), e.g. --set train.head_epochs=3")
         p.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS, help=verbose)
@@ -119,5 +128,10 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-if __name__ == "__main__":
+def entry() -> None:
+    """The ``mobile-export`` console script (pyproject.toml [project.scripts])."""
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()

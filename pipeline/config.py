@@ -29,6 +29,12 @@ AUGMENTATIONS = ("horizontal_flip", "brightness", "contrast", "crop")
 BACKBONE_NAMES = tuple(BACKBONES)
 
 
+# The configs that ship with the package (configs/ at the repository root links here), so that an
+# installed `mobile-export` finds them from any folder: `--config quickstart`.
+SHIPPED_CONFIGS = Path(__file__).resolve().parent / "configs"
+DEFAULT_TARGETS_FILE = "configs/targets.yaml"
+
+
 class _Section(BaseModel):
     # allow_inf_nan: pydantic takes .inf and .nan as floats by default, and an infinite
     # learning rate passes `gt=0`.
@@ -433,7 +439,7 @@ class BenchmarkConfig(_Section):
         default=("phone-big", "phone-little", "edge-box"),
         description="target profiles from `benchmark.targets_file` to benchmark on; `[]` turns the bench stage off")
     targets_file: str = Field(
-        default="configs/targets.yaml",
+        default=DEFAULT_TARGETS_FILE,
         description="the target profiles: runtime, threads, allowed formats, budgets and the gate's regression limits")
     reference_models: tuple[str, ...] = Field(
         default=(),
@@ -604,9 +610,32 @@ def _section_for(loc: tuple) -> Optional[type[BaseModel]]:
     return model
 
 
+def shipped_configs() -> list[str]:
+    return sorted(p.stem for p in SHIPPED_CONFIGS.glob("*.yaml") if p.stem != "targets")
+
+
+def resolve_config(path: str | Path) -> Path:
+    """``path`` as given when it exists; a bare name (``quickstart``) is a shipped config."""
+    given = Path(path)
+    if given.exists() or given.parent != Path("."):
+        return given
+    shipped = SHIPPED_CONFIGS / (given.name if given.suffix in (".yaml", ".yml") else f"{given.name}.yaml")
+    return shipped if shipped.is_file() and shipped.stem != "targets" else given
+
+
+def targets_file(cfg: "Config") -> Path:
+    """``benchmark.targets_file``; its default, when not in the current folder, is the shipped one."""
+    given = Path(cfg.benchmark.targets_file)
+    if not given.exists() and cfg.benchmark.targets_file == DEFAULT_TARGETS_FILE:
+        return SHIPPED_CONFIGS / given.name
+    return given
+
+
 def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    path = resolve_config(path)
     source = printable(str(path))
-    raw = read_yaml(path, "Config file", "pass --config with the path to a YAML file")
+    raw = read_yaml(path, "Config file", "pass --config with the path to a YAML file, or the name of a shipped "
+                    f"one ({', '.join(shipped_configs())})")
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):

@@ -15,7 +15,7 @@ from benchmarks import report
 from benchmarks.run import benchmark, reference_files
 from core import layout
 from core.io import sha256_file
-from pipeline.config import Config
+from pipeline.config import Config, targets_file
 from pipeline.stages import Stage
 
 log = logging.getLogger("pipeline")
@@ -30,7 +30,7 @@ def _inputs(cfg: Config) -> dict:
         refs = {str(p): digest(p) for p in reference_files(cfg.benchmark.reference_models)}
     except Exception:  # reported with its remedy when the stage runs
         refs = {"unresolved": list(cfg.benchmark.reference_models)}
-    return {"targets_file": digest(Path(cfg.benchmark.targets_file)), "reference_models": refs}
+    return {"targets_file": digest(targets_file(cfg)), "reference_models": refs}
 
 
 def _not_needed(cfg: Config):
@@ -49,7 +49,9 @@ STAGE = Stage(
 
 
 def run(cfg: Config, ctx) -> None:
-    results = benchmark(cfg, ctx.root)
+    # The default targets file is found beside the config when mobile-export runs outside the repository.
+    resolved = cfg.benchmark.model_copy(update={"targets_file": str(targets_file(cfg))})
+    results = benchmark(cfg.model_copy(update={"benchmark": resolved}), ctx.root)
     ctx.record_output(ctx.path(layout.BENCH_RESULTS))
     # The report is derived from results.json and re-rendered by `make report`: not a recorded output.
     paths = report.render(results, ctx.path(layout.REPORT))
