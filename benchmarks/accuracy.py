@@ -31,3 +31,18 @@ def metrics(probs: np.ndarray, labels: np.ndarray, class_names: list[str]) -> di
         "per_class_recall": recall,
         "confusion": confusion.tolist(),
     }
+
+
+def flips(reference_probs: np.ndarray, probs: np.ndarray) -> dict:
+    """Where a file's top-1 differs from the reference's on the same images: each (reference, file) class pair.
+
+    Only the pairs that differ are listed (most images first), so the record stays small for
+    a thousand classes; ``agreed`` counts the rest.
+    """
+    ref, got = reference_probs.argmax(1), probs.argmax(1)
+    pairs: dict[tuple[int, int], int] = {}
+    for a, b in zip(ref[ref != got].tolist(), got[ref != got].tolist()):
+        pairs[(a, b)] = pairs.get((a, b), 0) + 1
+    ordered = sorted(pairs.items(), key=lambda kv: (-kv[1], kv[0]))
+    return {"images": int(len(ref)), "agreed": int((ref == got).sum()),
+            "pairs": [[int(a), int(b), int(n)] for (a, b), n in ordered]}

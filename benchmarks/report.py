@@ -9,7 +9,8 @@ repair attempts behind each int8 recipe and the per-layer int8 sensitivity
 (``benchmarks.report_accuracy``). The HTML adds the plots: accuracy against
 latency per target with the Pareto front (marker area = file size), file
 sizes before and after gzip, the confusion matrix of each target's best
-file, and the most int8-sensitive layers. Plots are PNG files beside the
+file, the most int8-sensitive layers, and where each lossy file's answers differ
+from Keras's (``benchmarks.report_flips``). Plots are PNG files beside the
 report, also inlined so the HTML is one self-contained file to attach to a
 CI run.
 """
@@ -24,7 +25,8 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-from benchmarks import report_accuracy
+from benchmarks import report_accuracy, report_flips
+from benchmarks.plotting import annotate_cells, set_log_x
 from core import layout
 from core.io import atomic_path, write_text
 
@@ -87,9 +89,26 @@ def _best_row(rows: list[dict], best: Optional[str]) -> Optional[dict]:
 
 
 NOTE = ("p50/p90/p99: single-image latency percentiles; ×Keras: ratio to the Keras model (compiled "
-        "tf.function, batch 1) timed in the same run at its fastest thread count up to the target's; % of peak: achieved multiply-accumulates per second "
-        "against this host's measured GEMM peak at the same thread count (int8 peak for full-integer files). "
-        "Reference rows are published files with other labels: no accuracy.")
+        "tf.function, batch 1) timed in the same run at its fastest thread count up to the target's; % of peak: "
+        "achieved multiply-accumulates per second against this host's measured GEMM peak at the same thread count "
+        "(int8 peak for full-integer files).")
+REFERENCE_NOTE = "Reference rows are published files with other labels: no accuracy."
+
+
+def notes(results: dict) -> str:
+    """The footnote under the tables: what is in them, nothing about rows that are not."""
+    has_reference = any(r["origin"] == "reference" for r in results["benchmark"]["rows"])
+    return NOTE + (" " + REFERENCE_NOTE if has_reference else "")
+
+
+def shading_legend(rows: list[dict]) -> Optional[str]:
+    """What each row shading of the HTML tables means, for the shadings this report uses."""
+    used = {r["origin"] if r["origin"] != "build" else ("fail" if not r["budget"]["passed"] else "ok") for r in rows}
+    meaning = [("keras", "blue: the Keras model, the reference every ratio is to"),
+               ("fail", "red: over a budget of its target"),
+               ("reference", "grey italics: a published reference file (no accuracy)")]
+    said = [text for cls, text in meaning if cls in used]
+    return "Row shading: " + "; ".join(said) + "." if said else None
 
 
 def _best_cells(bench: dict, by_target: dict) -> list[list[str]]:
@@ -164,13 +183,14 @@ def markdown(results: dict) -> str:
         note = keras_threads_note(by_target[t["name"]])
         if note:
             lines += ["", note]
-    lines += ["", NOTE]
+    lines += ["", notes(results)]
     checked = bench.get("self_check") or []
     if checked:
         lines += ["", "## Self-check: the harness against each file alone", "", _self_check_intro(checked), "",
                   "| " + " | ".join(SELF_CHECK_COLUMNS) + " |", "|" + "---|" * len(SELF_CHECK_COLUMNS)]
         lines += ["| " + " | ".join(_self_check_cells(e)) + " |" for e in checked]
     lines += report_accuracy.markdown(results)
+    lines += report_flips.markdown(results)
     return "\n".join(lines + [""])
 
 
@@ -199,15 +219,25 @@ def plots(results: dict, out: Path) -> list[Path]:
         fig, ax = plt.subplots(figsize=(7, 4.5))
         pts = [(r["latency_ms"]["p50"], r["accuracy"]["top1"]) for r in rows]
         sizes = [max(r["bytes"] / MIB, 0.2) * 40 for r in rows]
-        colours = ["tab:gray" if r["origin"] == "keras" else ("tab:green" if r["budget"]["passed"] else "tab:red")
-                   for r in rows]
-        ax.scatter([p[0] for p in pts], [p[1] for p in pts], s=sizes, c=colours, alpha=0.6, edgecolors="black")
+        kinds = {"keras": ("tab:gray", "Keras model (reference)"), "ok": ("tab:green", "within the target's budgets"),
+                 "over": ("tab:red", "over a budget")}
+        kind = ["keras" if r["origin"] == "keras" else ("ok" if r["budget"]["passed"] else "over") for r in rows]
+        for name, (colour, label) in kinds.items():  # one scatter per colour: each gets its legend entry
+            mine = [i for i, k in enumerate(kind) if k == name]
+            if mine:
+                ax.scatter([pts[i][0] for i in mine], [pts[i][1] for i in mine], s=[sizes[i] for i in mine],
+                           c=colour, alpha=0.6, edgecolors="black", label=label)
         for r, (x, y) in zip(rows, pts):
             ax.annotate(r["artifact"], (x, y), textcoords="offset points", xytext=(6, 4), fontsize=8)
-        front = _pareto(pts)
-        ax.plot([pts[i][0] for i in front], [pts[i][1] for i in front], "--o", color="tab:blue", markerfacecolor="none",
-                markersize=14, label="Pareto front (nothing both faster and more accurate)")
-        ax.set_xscale("log")  # the Keras model is often 10-100x slower than the files
+        # The front is drawn over the files that meet the budgets only: an over-budget file is no choice.
+        ok = [i for i, k in enumerate(kind) if k == "ok"]
+        front = [ok[i] for i in _pareto([pts[i] for i in ok])]
+        if front:
+            ax.plot([pts[i][0] for i in front], [pts[i][1] for i in front], "--o", color="tab:blue",
+                    markerfacecolor="none", markersize=14,
+                    label="Pareto front of the files within budget (nothing both faster and more accurate)")
+        xs = [p[0] for p in pts if p[0] > 0]
+        set_log_x(ax, min(xs) / 1.25, max(xs) * 1.6)  # the Keras model is often 10-100x slower than the files
         ax.set_xlabel("p50 latency, ms (this host, log scale)")
         ax.set_ylabel("test top-1")
         ax.set_title(f"{t['name']}: accuracy vs latency (area = file size)")
@@ -238,10 +268,7 @@ def plots(results: dict, out: Path) -> list[Path]:
         cm = row["accuracy"]["confusion"]
         side = min(0.45 * len(classes) + 2.5, 7.0)
         fig, ax = plt.subplots(figsize=(side + 0.5, side))
-        ax.imshow(cm, cmap="Blues")
-        for i, line in enumerate(cm):
-            for j, v in enumerate(line):
-                ax.text(j, i, str(v), ha="center", va="center", fontsize=8)
+        annotate_cells(ax, ax.imshow(cm, cmap="Blues"), cm)
         ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right", fontsize=8)
         ax.set_yticks(range(len(classes)), classes, fontsize=8)
         ax.set_xlabel("predicted")
@@ -252,6 +279,9 @@ def plots(results: dict, out: Path) -> list[Path]:
     fig = report_accuracy.sensitivity_figure(results)
     if fig is not None:
         paths.append(_save(fig, out / "sensitivity.png"))
+    fig = report_flips.figure(results)
+    if fig is not None:
+        paths.append(_save(fig, out / "flips.png"))
     return paths
 
 
@@ -305,7 +335,8 @@ def html_page(results: dict, images: list[Path]) -> str:
                 parts.append(f"<img class='plot' alt='{esc(name)}' src='data:image/png;base64,{inline[name]}'>")
     if "sizes.png" in inline:
         parts.append(f"<h2>Sizes</h2><img class='plot' alt='sizes.png' src='data:image/png;base64,{inline['sizes.png']}'>")
-    parts.append(f"<p>{esc(NOTE)}</p>")
+    legend = shading_legend(bench["rows"])
+    parts.append(f"<p>{esc(notes(results))}" + (f"<br>{esc(legend)}" if legend else "") + "</p>")
     checked = bench.get("self_check") or []
     if checked:
         parts.append(f"<h2>Self-check: the harness against each file alone</h2><p>{esc(_self_check_intro(checked))}</p>"
@@ -314,6 +345,7 @@ def html_page(results: dict, images: list[Path]) -> str:
                   "".join(f"<td>{esc(c)}</td>" for c in _self_check_cells(e)) + "</tr>" for e in checked]
         parts.append("</table>")
     parts += report_accuracy.html(results, inline)
+    parts += report_flips.html(results, inline)
     parts.append("</body></html>")
     return "\n".join(parts)
 

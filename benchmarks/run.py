@@ -269,6 +269,8 @@ def target_rows(target: Target, entries: list[dict], measured: dict, seconds: fl
         if e["key"] in probs:
             acc = accuracy.metrics(probs[e["key"]], labels, class_names)
             acc["delta_pp"] = round(100 * (acc["top1"] - keras_acc["top1"]), 4) + 0.0
+            if e["key"] != KERAS_KEY:
+                acc["vs_keras"] = accuracy.flips(probs[KERAS_KEY], probs[e["key"]])
             if target.budgets.accuracy_drop_pp is not None and e["key"] != KERAS_KEY:
                 acc["paired"] = stats.paired(probs[KERAS_KEY], probs[e["key"]], labels).as_dict(
                     target.budgets.accuracy_drop_pp)

@@ -148,7 +148,8 @@ def test_report_html_renders_in_headless_chromium(built, tmp_path):
     check = out.stdout.split('data-check="', 1)[1].split('"', 1)[0]
     seen = dict(item.split("=", 1) for item in check.split())
     # 3 accuracy-vs-latency plots, 1 size chart, a confusion matrix per target with a best file, the sensitivity bars.
-    expected = 3 + 1 + sum(1 for t in results["benchmark"]["targets"] if t["best"]) + 1
+    # And the flip matrices of the lossy files.
+    expected = 3 + 1 + sum(1 for t in results["benchmark"]["targets"] if t["best"]) + 1 + 1
     assert seen["images"] == f"{expected}/{expected}", check
     assert seen["rows"] == str(len(results["benchmark"]["rows"])), check
     assert seen["sensitivity_plot"] == "1", check
@@ -157,6 +158,54 @@ def test_report_html_renders_in_headless_chromium(built, tmp_path):
     assert attempts >= 1 and seen["attempts"] == str(attempts), check
     assert seen["sensitivity"] == str(min(15, len(results["sensitivity"]["layers"]))), check
     assert seen["paired"] == str(sum(1 for a in results["artifacts"] if a.get("validation", {}).get("paired"))), check
+
+
+def test_every_lossy_file_gets_its_flip_matrix_and_no_tick_labels_collide(built, tmp_path, monkeypatch):
+    from benchmarks import plotting, report_flips
+
+    cfg, _, results = built
+    clashes, saved = {}, []
+    real_save = report._save
+
+    def checked_save(fig, path):
+        clashes[path.name] = plotting.tick_label_overlaps(fig)
+        saved.append(path.name)
+        return real_save(fig, path)
+
+    monkeypatch.setattr(report, "_save", checked_save)
+    report.render(results, tmp_path / "report")
+    assert "flips.png" in saved and all(name.startswith("tradeoff_") for name in saved[:3])
+    assert {name: c for name, c in clashes.items() if c} == {}
+    lossy = {r["artifact"] for r in results["benchmark"]["rows"] if r["origin"] == "build" and r["precision"] != "fp32"}
+    assert lossy and {r["artifact"] for r in report_flips.lossy_rows(results)} == lossy
+    md = (tmp_path / "report/report.md").read_text()
+    section = md.split(f"## {report_flips.HEADING}")[1]
+    for row in report_flips.lossy_rows(results):
+        v = row["accuracy"]["vs_keras"]
+        assert f"| {row['artifact']} | {row['target']} | {v['images'] - v['agreed']} of {v['images']} " in section
+        # The pairs account for every image that differs, and each differs by class.
+        assert sum(n for _, _, n in v["pairs"]) == v["images"] - v["agreed"]
+        assert all(a != b for a, b, _ in v["pairs"])
+
+
+def test_the_overlap_check_sees_matplotlibs_crowded_log_labels():
+    """The check can fail: the default labels of a log axis spanning less than a decade collide; ours do not."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from benchmarks.plotting import log_ticks, set_log_x, tick_label_overlaps
+
+    fig, ax = plt.subplots(figsize=(3, 2))
+    ax.plot([0.31, 0.47], [0, 1])
+    ax.set_xscale("log")
+    assert tick_label_overlaps(fig)  # "3×10⁻¹4×10⁻¹"...
+    set_log_x(ax, 0.31, 0.47)
+    assert tick_label_overlaps(fig) == []
+    assert log_ticks(0.31, 0.47) == [0.31, 0.38, 0.47]  # only 0.4 on the 1-9 grid: the ends and the middle
+    assert log_ticks(0.05, 3.0) == [0.05, 0.1, 0.2, 0.5, 1.0, 2.0]
+    plt.close(fig)
 
 
 def _hand_made_results() -> dict:
