@@ -31,13 +31,13 @@ class WeightsError(PipelineError):
 
 
 class BudgetError(PipelineError):
-    """An exported file failed its validation budget; it was not published."""
+    """An exported file failed its validation budget; nothing new was published."""
 
     exit_code = 1
 
 
 class ExportError(PipelineError):
-    """A converter could not make a file of a format the config asks for; the other files were published."""
+    """A converter could not make a file of a format the config asks for; nothing new was published."""
 
     exit_code = 1
 

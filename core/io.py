@@ -58,3 +58,47 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
 def gzip_size(path: Path) -> int:
     """Bytes after ``gzip -9`` (no timestamp): the download size, where pruning shows."""
     return len(gzip.compress(Path(path).read_bytes(), compresslevel=9, mtime=0))
+
+
+_RENAME_EXCHANGE = 2  # linux/fs.h
+_AT_FDCWD = -100
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one step with Linux's renameat2(RENAME_EXCHANGE); False where it is not offered."""
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):  # a libc older than glibc 2.28
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    errno = ctypes.get_errno()
+    if errno in (22, 38, 95):  # EINVAL, ENOSYS, EOPNOTSUPP: this filesystem or kernel cannot exchange
+        return False
+    raise OSError(errno, os.strerror(errno), str(a), None, str(b))
+
+
+def swap_in_folder(new: Path, current: Path) -> Path | None:
+    """Put the folder ``new`` where ``current`` is, so that a reader sees one or the other, never a mix.
+
+    Returns where the previous folder now is (``new``'s old path), or None when there was none.
+    Linux exchanges the two in one step; elsewhere ``current`` is renamed aside first, which
+    leaves a moment with neither (the previous folder is still whole at ``<current>.previous``).
+    """
+    new, current = Path(new), Path(current)
+    if not current.exists():
+        os.rename(new, current)
+        return None
+    if _exchange(new, current):
+        return new
+    aside = current.with_name(current.name + ".previous")
+    os.rename(current, aside)
+    os.rename(new, current)
+    return aside

@@ -24,6 +24,7 @@ PRUNED_QAT_WEIGHTS = "optimize/pruned_qat_weights.h5"
 OPTIMIZE_REPORT = "optimize/report.json"
 # export stage
 STAGING = "export/staging"  # files before validation; a rejected one stays here
+NEXT_BUNDLE = "export/bundle.next"  # the new bundle, assembled whole before it takes artifacts/'s place
 EXPORT_RESULTS = "export/results.json"
 REPAIR_RECIPES = "export/recipes.json"  # the recipe each repaired format was chosen with, reused on a rebuild
 ARTIFACTS = "artifacts"  # the published bundle

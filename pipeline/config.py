@@ -355,8 +355,10 @@ class ExportConfig(_Section):
                     "`{tflite-int8: 0.5}`; formats not listed keep the registry's budget")
     on_budget_fail: Literal["fail", "warn"] = Field(
         default="fail",
-        description="`fail`: a file over budget fails the run (exit 1) and is not published; `warn`: it is "
-                    "published and marked `warned` in results.json")
+        description="`fail`: a file over budget fails the run (exit 1) and nothing is published: `artifacts/` "
+                    "keeps the previous bundle whole, and the new files that passed wait in `export/bundle.next/`; "
+                    "`warn`: the file is published with the others, marked `warned` in results.json, the manifest "
+                    "and `verify`")
     on_unproven: Literal["warn", "fail"] = Field(
         default="warn",
         description="a lossy file whose 95% interval of the top-1 change straddles its budget (the test split "

@@ -125,12 +125,14 @@ def test_metadata_is_checked_to_leave_every_output_bit_identical(tiny_build, tmp
                 weights *= np.float32(1.001)
         return bytes(out)
 
+    shipped = (copy_cfg.build_root / "artifacts/tiny_fp32.tflite").read_bytes()  # the copied build's bundle
     monkeypatch.setattr(metadata, "write_tflite_metadata", nudging)
     with pytest.raises(BudgetError, match="tiny_fp32.tflite"):
         runner.run(copy_cfg, str(path))
     entry = json.loads((copy_cfg.build_root / "export/results.json").read_text())["artifacts"][0]
     assert entry["status"] == "failed" and "adding its metadata changed its outputs" in entry["error"]
-    assert not (copy_cfg.build_root / "artifacts/tiny_fp32.tflite").exists()
+    assert not (copy_cfg.build_root / "export/bundle.next/tiny_fp32.tflite").exists()
+    assert (copy_cfg.build_root / "artifacts/tiny_fp32.tflite").read_bytes() == shipped  # not replaced
 
 
 def test_verify_passes_on_the_build_and_names_a_file_with_one_flipped_byte(tiny_build, tmp_path):
@@ -211,3 +213,29 @@ def test_the_gpu_check_names_ops_the_gpu_delegate_cannot_run(tmp_path):
     assert found["gpu"]["compatible"] is False and found["fully_integer"] is False
     assert [op["op"] for op in found["gpu"]["unsupported_ops"]] == ["TOPK_V2", "UNIQUE"]
     assert all("not an op the GPU delegate supports" in op["reason"] for op in found["gpu"]["unsupported_ops"])
+
+
+def test_a_new_bundle_takes_the_old_ones_place_in_one_step(tmp_path, monkeypatch):
+    from core import io
+
+    def folder(name, files):
+        path = tmp_path / name
+        path.mkdir()
+        for f, text in files.items():
+            (path / f).write_text(text)
+        return path
+
+    current = folder("artifacts", {"model.tflite": "old", "manifest.json": "old"})
+    new = folder("bundle.next", {"model.tflite": "new", "model.onnx": "new", "manifest.json": "new"})
+    previous = io.swap_in_folder(new, current)
+    assert previous == new and sorted(p.name for p in previous.iterdir()) == ["manifest.json", "model.tflite"]
+    assert {p.name: p.read_text() for p in current.iterdir()} == {"model.tflite": "new", "model.onnx": "new",
+                                                                   "manifest.json": "new"}
+    # Where the kernel cannot exchange: renamed aside, then in; the previous bundle stays whole beside it.
+    monkeypatch.setattr(io, "_exchange", lambda a, b: False)
+    newer = folder("bundle.newer", {"manifest.json": "newer"})
+    aside = io.swap_in_folder(newer, current)
+    assert aside == tmp_path / "artifacts.previous" and (aside / "model.onnx").read_text() == "new"
+    assert [p.name for p in current.iterdir()] == ["manifest.json"]
+    first = folder("first", {"a": "1"})  # nothing to replace: a plain rename
+    assert io.swap_in_folder(first, tmp_path / "fresh") is None and (tmp_path / "fresh/a").read_text() == "1"

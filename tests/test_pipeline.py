@@ -115,22 +115,27 @@ def test_file_over_budget_fails_the_run_and_is_not_published(budget_dir, monkeyp
         assert entry["input"]["dtype"] == "uint8" and entry["input"]["feed"] == "raw RGB pixel bytes"
 
 
-def test_a_format_whose_converter_fails_is_named_and_the_others_are_published(tmp_path, tiny_build, monkeypatch):
+def test_a_failed_re_export_names_the_format_and_leaves_the_previous_bundle_whole(tmp_path, tiny_build, monkeypatch):
     def refuse(self, model, path, ctx):
         raise ValueError("Quantization range is degenerate\n(min == max)")
 
     cfg, path = copy_build(tiny_build, tmp_path, export={"formats": ["keras", "tflite-fp32", "onnx-fp32"],
                                                          "latency_runs": 0})
+    artifacts = cfg.build_root / "artifacts"
+    before = {p.name: p.read_bytes() for p in artifacts.iterdir()}  # the tiny build's own bundle
+    assert manifest.verify(artifacts).ok and "tiny_fp32.tflite" in before
     monkeypatch.setattr(tflite.TFLiteFP32, "export", refuse)
     with pytest.raises(ExportError) as err:
-        runner.run(cfg, str(path))
+        runner.run(cfg, str(path), force=("export",))
     message = str(err.value)
     assert "\n" not in message and message.startswith("1 format(s) could not be converted")
     assert "tflite-fp32 (conversion failed (ValueError: Quantization range is degenerate (min == max)))" in message
-    assert "drop those formats from export.formats" in message
-    artifacts = cfg.build_root / "artifacts"
-    assert sorted(p.name for p in artifacts.iterdir()) == ["labels.txt", "manifest.json", "tiny.keras",
-                                                           "tiny_fp32.onnx"]
+    assert "drop those formats from export.formats" in message and "nothing was published" in message
+    # artifacts/ is the previous bundle, byte for byte, and it verifies; the new files wait beside it.
+    assert {p.name: p.read_bytes() for p in artifacts.iterdir()} == before
+    assert manifest.verify(artifacts).ok
+    waiting = cfg.build_root / "export/bundle.next"
+    assert sorted(p.name for p in waiting.iterdir()) == ["labels.txt", "manifest.json", "tiny.keras", "tiny_fp32.onnx"]
     assert not list((cfg.build_root / "export").rglob("*.tflite*"))  # no half-written file either
     by_format = {a["format"]: a for a in _results(cfg)["artifacts"]}
     assert by_format["tflite-fp32"]["status"] == "failed" and by_format["tflite-fp32"]["file"] is None

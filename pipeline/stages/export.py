@@ -8,10 +8,13 @@ the metadata was added. A lossy file gets a verdict from the paired statistics
 split cannot tell. Post-training int8 files are first repaired on the validation
 split where they need it (``pipeline.repair``), and every file's agreement with
 Keras is also measured on the validation split and on training images no
-calibration used. Only a file within its budget is moved into
-``artifacts/``; one that fails stays in staging for inspection, every result is
-still written to ``export/results.json``, and the run then fails naming each
-rejected file. ``artifacts/manifest.json`` describes what was published.
+calibration used. A file within its budget is moved into the bundle being
+assembled (``export/bundle.next/``); one that fails stays in staging for
+inspection. When every format passed, the whole bundle with its
+``manifest.json`` takes ``artifacts/``'s place in one rename, so a reader of
+``artifacts/`` always finds one complete, verified release. When one failed,
+nothing is published: ``artifacts/`` keeps the previous bundle, every result is
+still written to ``export/results.json``, and the run fails naming each file.
 
 ``run`` is the steps in order: the Keras reference on the test split, fresh
 folders, calibration images, one ``_export_format`` per format, then
@@ -34,7 +37,7 @@ import numpy as np
 
 from core import layout, stats
 from core.errors import BudgetError, DataError, ExportError, one_line
-from core.io import atomic_path, gzip_size, sha256_file, write_json
+from core.io import atomic_path, gzip_size, sha256_file, swap_in_folder, write_json
 from core.layout import read_labels
 from core.sensitivity import figure as sensitivity_figure
 from core.splits import load_split
@@ -162,12 +165,26 @@ def reference(cfg: Config, root: Path) -> Reference:
 
 
 def _fresh_folders(ctx) -> tuple[Path, Path]:
-    """Empty staging and artifacts folders: nothing stale is published beside new files."""
-    staging, artifacts = ctx.path(layout.STAGING), ctx.path(layout.ARTIFACTS)
-    for folder in (staging, artifacts):
+    """Empty staging and next-bundle folders. ``artifacts/`` is not touched: it keeps the last good bundle
+    until the new one is complete (``_publish_bundle``)."""
+    staging, bundle = ctx.path(layout.STAGING), ctx.path(layout.NEXT_BUNDLE)
+    artifacts = ctx.path(layout.ARTIFACTS)
+    aside = artifacts.with_name(artifacts.name + ".previous")
+    if aside.is_dir() and not artifacts.exists():  # a run stopped between the two renames of a non-Linux swap
+        os.rename(aside, artifacts)
+        log.warning("[export] %s restored from %s (the last run stopped while publishing)", artifacts, aside.name)
+    for folder in (staging, bundle):
         shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir(parents=True)
-    return staging, artifacts
+    return staging, bundle
+
+
+def _publish_bundle(ctx, bundle: Path) -> None:
+    """The assembled bundle takes ``artifacts/``'s place in one step; the previous one is removed after."""
+    artifacts = ctx.path(layout.ARTIFACTS)
+    previous = swap_in_folder(bundle, artifacts)
+    if previous is not None:
+        shutil.rmtree(previous, ignore_errors=True)
 
 
 def fidelity_train_indices(train_size: int, cfg: Config) -> np.ndarray:
@@ -188,7 +205,7 @@ class Publishing:
     info: file_metadata.ModelInfo
     export_ctx: convert.ExportContext
     staging: Path
-    artifacts: Path
+    artifacts: Path  # the bundle being assembled (export/bundle.next), published whole at the end
     entries: list
     rejected: list
     unconverted: list
@@ -226,7 +243,7 @@ def run(cfg: Config, ctx) -> None:
     root = ctx.root
     class_names = read_labels(root)
     ref = reference(cfg, root)
-    staging, artifacts = _fresh_folders(ctx)
+    staging, bundle = _fresh_folders(ctx)
     contract = (models.preprocessing_contract(cfg.model, cfg.data.image_size) if cfg.model.path is None
                 else adopt.preprocessing_contract(ref.model, cfg.data.image_size))
     x_train, _ = load_split(ctx.path(layout.split("train")))
@@ -238,7 +255,7 @@ def run(cfg: Config, ctx) -> None:
     export_ctx = convert.ExportContext(image_size=cfg.data.image_size, onnx_opset=cfg.export.onnx_opset,
                                        calibration_images=x_train[chosen].astype(np.float32),
                                        int8_input=cfg.export.int8_input, int8_output=cfg.export.int8_output)
-    job = Publishing(cfg, ctx, ref, model_info(cfg, class_names, contract), export_ctx, staging, artifacts,
+    job = Publishing(cfg, ctx, ref, model_info(cfg, class_names, contract), export_ctx, staging, bundle,
                      entries=[], rejected=[], unconverted=[], train=x_train, warnings=[], chosen={})
     # A rebuild does not measure the ranking again.
     job.sensitivity = repair.recorded_sensitivity(ctx.path(layout.REPAIR_RECIPES), sha256_file(ctx.path(layout.MODEL)))
@@ -249,10 +266,10 @@ def run(cfg: Config, ctx) -> None:
             trained[source] = load_trained(root, source)
         _export_format(job, fmt, trained[source])
 
-    labels_out = ctx.path(layout.ARTIFACT_LABELS)
+    labels_out = bundle / Path(layout.ARTIFACT_LABELS).name
     with atomic_path(labels_out) as tmp:
         shutil.copyfile(ctx.path(layout.LABELS), tmp)
-    ctx.record_output(labels_out)
+    ctx.record_output(ctx.path(layout.ARTIFACT_LABELS))  # where it will be once the bundle is published
     if job.sensitivity is None and any(_post_training(f) for f in cfg.export.formats):
         job.layer_sensitivity()  # the report shows it for every int8 file
     if job.sensitivity is not None:
@@ -266,8 +283,10 @@ def run(cfg: Config, ctx) -> None:
         _write_manifest(cfg, ctx, job, results, contract, published, x_train[chosen], chosen, labels_out)
     for warning in job.warnings:
         log.warning("[export] %s", warning)
-    # results.json is written, but no stamp: the next run tries the export again.
+    # results.json is written, but no stamp: the next run tries the export again, and artifacts/
+    # keeps the previous bundle (the new one stays in export/bundle.next for inspection).
     _raise_failures(job)
+    _publish_bundle(ctx, bundle)
     ctx.record_output(results_path)
     if ctx.path(layout.REPAIR_RECIPES).exists():
         ctx.record_output(ctx.path(layout.REPAIR_RECIPES))
@@ -387,9 +406,8 @@ def _export_format(job: Publishing, fmt: str, model) -> None:
 def _publish_or_reject(job: Publishing, entry: dict, staged: Path, check, failures: list[str]) -> None:
     fmt, filename = entry["format"], entry["file"]
     if entry["status"] != "failed":
-        published = job.artifacts / filename
-        os.replace(staged, published)
-        job.ctx.record_output(published)
+        os.replace(staged, job.artifacts / filename)  # into the bundle being assembled
+        job.ctx.record_output(job.ctx.path(layout.ARTIFACTS) / filename)  # where it is once published
         low, high = check.paired["delta_interval_pp"]
         log.info("[export] %-14s %-28s %9.1f KB  top-1 %.4f (%+.2f pp, 95%% %+.2f..%+.2f, McNemar p=%.2g)  "
                  "agreement %.4f  max|dp| %.2e  %s%s",
@@ -557,11 +575,14 @@ def _write_manifest(cfg: Config, ctx, job: Publishing, results: dict, contract: 
                                               len(info.labels)) for e in published],
     }
     manifest.check_schema(bundle)
-    manifest_path = ctx.path(layout.MANIFEST)
-    write_json(manifest_path, bundle)
-    ctx.record_output(manifest_path)
+    write_json(job.artifacts / manifest.MANIFEST, bundle)
+    ctx.record_output(ctx.path(layout.MANIFEST))
     log.info("[export] %s: %d files with sha256, metadata, validation and accelerator support",
-             manifest_path, len(published))
+             ctx.path(layout.MANIFEST), len(published))
+
+
+KEPT = (f"{layout.ARTIFACTS}/ still holds the previous bundle, if there was one; the new files that passed are "
+        f"in {layout.NEXT_BUNDLE}/")
 
 
 def _raise_failures(job: Publishing) -> None:
@@ -570,10 +591,11 @@ def _raise_failures(job: Publishing) -> None:
         raise ExportError(
             f"{len(unconverted)} format(s) could not be converted and no file was made: {'; '.join(unconverted)}"
             + (f"; {len(rejected)} exported file(s) also failed validation: {'; '.join(rejected)}" if rejected else "")
-            + "; the other files were published. Check that the model trained (its test top-1 is in the log), "
+            + f"; nothing was published ({KEPT}). Check that the model trained (its test top-1 is in the log), "
               "or drop those formats from export.formats."
         )
     if rejected:
         raise BudgetError(
-            f"{len(rejected)} exported file(s) failed validation and were not published: {'; '.join(rejected)}."
+            f"{len(rejected)} exported file(s) failed validation: {'; '.join(rejected)}; nothing was published "
+            f"({KEPT}); raise the budget in export.budgets, or set export.on_budget_fail: warn to publish it marked."
         )
