@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 
 from core.errors import PipelineError
@@ -46,6 +47,8 @@ def _parser() -> argparse.ArgumentParser:
         if name == "run":
             p.add_argument("--force", action="append", default=[], metavar="STAGE",
                            help="run this stage even if it is up to date (repeatable), e.g. --force bench")
+            p.add_argument("--wait", action="store_true",
+                           help="when another run holds this build folder, wait for it instead of exiting 2")
     p = sub.add_parser("verify", help="check a build's files against its manifest.json: checksums, schema, metadata")
     p.add_argument("directory", help="a build folder (build/<name>) or its artifacts folder")
     p.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS, help=verbose)
@@ -109,7 +112,11 @@ def main(argv: list[str] | None = None) -> int:
         if chief:  # what the console leaves out goes to the build folder, once it is certain to be made
             console.attach_log(cfg.build_root)
         from pipeline import runner
-        with terminate_raises():
+        from pipeline.lock import hold
+
+        # One run per build folder; the other workers of a multi-worker run write nothing there.
+        command = " ".join([_prog(), *(argv if argv is not None else sys.argv[1:])])[:300]
+        with terminate_raises(), (hold(cfg.build_root, command, args.wait) if chief else contextlib.nullcontext()):
             ran = runner.run(cfg, args.config, force=tuple(args.force))
         if not chief:
             print(f"{task.task_type} {task.index}: trained with the chief in {', '.join(ran) if ran else 'no stage'}; "

@@ -230,3 +230,46 @@ def test_help_lists_every_format_in_aligned_columns():
     assert list(rows) == list(runtimes)
     columns = {line.index(" " + runtimes[name] + " ", line.index(name) + len(name)) for name, line in rows.items()}
     assert len(columns) == 1, "the runtime column is not aligned"
+
+
+def _started(path, proc, timeout=120):
+    """Wait until the run ``proc`` holds the build folder's lock (its PID is in the lock file)."""
+    import time
+
+    lock = path.parent / "build" / "tiny" / ".lock"
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if lock.exists() and f'"pid": {proc.pid}' in lock.read_text():
+            return
+        assert proc.poll() is None, proc.communicate()[1][-2000:]
+        time.sleep(0.2)
+    raise AssertionError("the first run never took the lock")
+
+
+def test_one_run_per_build_folder_and_a_killed_runs_lock_is_taken_over(tmp_path):
+    import os
+    import signal
+
+    path = write_config(tmp_path / "tiny.yaml", export={"formats": ["keras"], "latency_runs": 0})
+    command = [sys.executable, "-m", "pipeline", "run", "--config", str(path)]
+    first = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _started(path, first)
+    second = run_cli("run", "--config", str(path))
+    assert second.returncode == 2, second.stderr[-2000:]
+    (line,) = [x for x in second.stderr.splitlines() if x.startswith("error:")]
+    assert f"is being built by PID {first.pid} (python -m pipeline run --config {path}" in line
+    assert "--wait" in line
+    waiting = subprocess.Popen(command + ["--wait"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    assert first.wait(timeout=600) == 0
+    out, err = waiting.communicate(timeout=600)
+    assert waiting.returncode == 0 and "waiting for it" in err and "ran no stage" in out, err[-2000:]
+    # SIGKILL: the kernel drops the lock; the next run says whose it took over, and finishes the work.
+    killed = subprocess.Popen(command + ["--force", "finetune"], cwd=REPO, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    _started(path, killed)
+    os.kill(killed.pid, signal.SIGKILL)
+    killed.wait(timeout=60)
+    after = run_cli("run", "--config", str(path))
+    assert after.returncode == 0, after.stderr[-2000:]
+    assert "took over" in after.stderr and f"PID {killed.pid}" in after.stderr and "no longer running" in after.stderr
