@@ -22,6 +22,7 @@ PRUNED_MODEL = "optimize/pruned.keras"
 QAT_WEIGHTS = "optimize/qat_weights.h5"
 PRUNED_QAT_WEIGHTS = "optimize/pruned_qat_weights.h5"
 OPTIMIZE_REPORT = "optimize/report.json"
+OPTIMIZE_CHECKPOINT = "optimize/checkpoint"  # the phase and epoch pruning or QAT reached, resumed by the next run
 # export stage
 STAGING = "export/staging"  # files before validation; a rejected one stays here
 NEXT_BUNDLE = "export/bundle.next"  # the new bundle, assembled whole before it takes artifacts/'s place

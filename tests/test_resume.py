@@ -223,3 +223,34 @@ def test_fine_tuning_defers_the_first_signal_and_not_the_second():
             signal.raise_signal(signal.SIGTERM)
     assert (first.value.exit_code, second.value.exit_code) == (130, 143)
     assert {s: signal.getsignal(s) for s in before} == before
+
+
+OPTIMIZE_SAVED = re.compile(r"\[optimize\] checkpoint saved: ([\w-]+), epoch (\d+)")
+
+
+@pytest.mark.parametrize("with_pruning", [pytest.param(True, marks=pytest.mark.slow), False],
+                         ids=["pruning-then-qat", "qat"])
+def test_a_stop_during_qat_resumes_from_its_epoch_and_skips_the_finished_phases(tmp_path, with_pruning):
+    """Issue 19: pruning and QAT checkpoint every epoch; Ctrl-C during QAT loses that epoch only."""
+    formats = ["keras", "tflite-pruned-int8", "tflite-qat-int8"] if with_pruning else ["keras", "tflite-qat-int8"]
+    config = write_config(tmp_path / "tiny.yaml", train={**TRAIN, "head_epochs": 1, "fine_tune_epochs": 1},
+                          optimize={"prune": {"epochs": 1}, "qat": {"epochs": 2}},
+                          export={"formats": formats, "latency_runs": 0, "repair": False, "on_budget_fail": "warn"})
+    code, first = _run(config, signal_after="[optimize] checkpoint saved: qat, epoch 1", signum=signal.SIGINT)
+    assert code == 130, first[-3000:]
+    done = ["prune", "pruned-qat"] if with_pruning else []
+    assert OPTIMIZE_SAVED.findall(first) == [(phase, "1") for phase in done] + [("qat", "1")]
+    root = tmp_path / "build" / "tiny"
+    state = json.loads((root / "optimize/checkpoint/state.json").read_text())
+    assert state["done"] == done and (state["phase"], state["epoch"]) == ("qat", 1)
+    assert not (root / "optimize/stamp.json").exists()
+    code, second = _run(config)
+    assert code == 0, second[-3000:]
+    for phase in done:
+        assert f"[optimize] {phase}: done by the run that was stopped" in second
+    assert "[optimize] resuming from checkpoint: qat, epoch 2 of 2" in second
+    assert OPTIMIZE_SAVED.findall(second) == [("qat", "2")]  # one epoch trained, not all of them again
+    report = json.loads((root / "optimize/report.json").read_text())
+    assert len(report["qat"]["val_accuracy"]) == 2
+    assert not with_pruning or len(report["pruning"]["val_accuracy"]) == 1
+    assert not (root / "optimize/checkpoint").exists()  # a finished stage leaves no checkpoint

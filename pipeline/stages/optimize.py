@@ -31,6 +31,7 @@ import numpy as np
 
 from core import layout
 from core.contract import PREPROCESS_LAYER
+from core.keras_compat import keras
 from core.errors import ConfigError, one_line, show
 from core.io import atomic_path, write_json
 from core.layout import read_labels
@@ -39,6 +40,7 @@ from core.splits import load_split
 from pipeline import compression, distribution
 from pipeline.config import Config
 from pipeline.distillation import compile_distillation, with_teacher
+from pipeline.resume import TrainingCheckpoint
 from pipeline.stages import Stage
 from pipeline.stages.finetune import datasets
 from pipeline.trained import needed_models, outputs_for
@@ -59,11 +61,67 @@ STAGE = Stage(
 )
 
 
-def _fit(model, phase: str, epochs: int, train_ds, val_ds, callbacks=()) -> list[float]:
-    verbose = 1 if sys.stdout.isatty() else 2
-    log.info("[optimize] %s: %d epoch(s)", phase, epochs)
-    history = model.fit(train_ds, validation_data=val_ds, epochs=epochs, callbacks=list(callbacks), verbose=verbose)
-    return [round(float(v), 6) for v in history.history.get("val_accuracy", [])]
+class Progress:
+    """The checkpoint of the optimize stage: which phases are done, and the phase in training at which epoch.
+
+    Phases in order: ``prune``, ``pruned-qat``, ``qat``. After every epoch the model being
+    trained and its optimizer are saved (``pipeline.resume``: written aside, then renamed), with
+    the validation accuracies so far; a finished phase's output (``optimize/pruned.keras``, the QAT
+    weights) is written before the state says it is done. Ctrl-C, SIGTERM or a kill in the middle
+    of an epoch therefore loses that epoch only: the next run with the same inputs skips the
+    finished phases and resumes the phase in training from its last saved epoch.
+    """
+
+    def __init__(self, checkpoint: TrainingCheckpoint):
+        self.checkpoint = checkpoint
+        self.state = checkpoint.load() or {"done": [], "val": {}, "phase": None, "epoch": 0}
+
+    def done(self, phase: str) -> bool:
+        return phase in self.state["done"]
+
+    def val(self, phase: str) -> list[float]:
+        return list(self.state["val"].get(phase, []))
+
+    def fit(self, phase: str, title: str, trained, fit_model, epochs: int, train_ds, val_ds, callbacks=()) -> list[float]:
+        """Train ``phase`` for ``epochs``, or what is left of it; its validation accuracies, all epochs."""
+        trackables = {"model": trained, "optimizer": fit_model.optimizer}
+        start = 0
+        if self.state["phase"] == phase and self.state["epoch"]:
+            start = int(self.state["epoch"])
+            # Optimizer slots are made by the first step: build them, then the saved values fill them.
+            self.checkpoint.restore(self.state, trackables)
+            log.info("[optimize] resuming from checkpoint: %s, epoch %d of %d", phase, start + 1, epochs)
+        else:
+            self.state.update(phase=phase, epoch=0)
+            self.state["val"][phase] = []
+        verbose = 1 if sys.stdout.isatty() else 2
+        log.info("[optimize] %s: %d epoch(s)", title, epochs)
+        if start < epochs:
+            fit_model.fit(train_ds, validation_data=val_ds, epochs=epochs, initial_epoch=start, verbose=verbose,
+                          callbacks=[*callbacks, _SaveEachEpoch(self, phase, trackables)])
+        return self.val(phase)
+
+    def saved_epoch(self, phase: str, epoch: int, val_accuracy, trackables) -> None:
+        self.state["epoch"] = epoch
+        if val_accuracy is not None:
+            self.state["val"][phase].append(round(float(val_accuracy), 6))
+        self.checkpoint.save(self.state, trackables, {})
+        log.info("[optimize] checkpoint saved: %s, epoch %d", phase, epoch)
+
+    def finish(self, phase: str) -> None:
+        """After the phase's output is written: the next run skips it."""
+        self.state["done"].append(phase)
+        self.state.update(phase=None, epoch=0)
+        self.checkpoint.save(self.state, {}, {})
+
+
+class _SaveEachEpoch(keras.callbacks.Callback):
+    def __init__(self, progress: Progress, phase: str, trackables: dict):
+        super().__init__()
+        self.progress, self.phase, self.trackables = progress, phase, trackables
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.progress.saved_epoch(self.phase, epoch + 1, (logs or {}).get("val_accuracy"), self.trackables)
 
 
 def _trainable(model, teacher, cfg: Config, lr: float, epochs: int, steps: int):
@@ -104,19 +162,26 @@ def _start_qat(model, cfg: Config, range_batch: np.ndarray) -> None:
 
 
 def _quantization_aware_training(base, preserve_sparsity: bool, weights_out: str, *, cfg, ctx, teacher, range_batch,
-                                 steps, train_ds, val_ds, setup):
+                                 steps, train_ds, val_ds, setup, progress: Progress):
     """QAT of ``base`` (sparsity-preserving for a pruned one); saves the weights; returns (model, val accuracies)."""
     o = cfg.optimize
+    phase = "pruned-qat" if preserve_sparsity else "qat"
+    out = ctx.path(weights_out)
+    if progress.done(phase) and out.is_file():
+        log.info("[optimize] %s: done by the run that was stopped, weights from %s", phase, out.name)
+        model = compression.load_quantize_aware(base, out, preserve_sparsity=preserve_sparsity)
+        ctx.record_output(out)
+        return model, progress.val(phase)
     _prepare(base, cfg)
     model = _tfmot(cfg, "quantization-aware train", lambda: compression.quantize_aware(base, preserve_sparsity))
     _start_qat(model, cfg, range_batch)
     fit_model = _trainable(model, teacher, cfg, setup.lr(o.qat.lr), o.qat.epochs, steps)
-    phase = "sparsity-preserving quantization-aware training" if preserve_sparsity else "quantization-aware training"
-    val = _fit(fit_model, phase, o.qat.epochs, train_ds, val_ds)
-    out = ctx.path(weights_out)
+    title = "sparsity-preserving quantization-aware training" if preserve_sparsity else "quantization-aware training"
+    val = progress.fit(phase, title, model, fit_model, o.qat.epochs, train_ds, val_ds)
     with atomic_path(out) as tmp:
         compression.save_weights(model, tmp)
     ctx.record_output(out)
+    progress.finish(phase)
     return model, val
 
 
@@ -135,14 +200,21 @@ def run(cfg: Config, ctx) -> None:
                  "float16 kernels)")
     report: dict = {"models": needed_models(cfg), "distill_weight": o.distill_weight,
                     "training": {**setup.describe(t.batch_size), "mixed_precision": False, "jit_compile": False}}
+    checkpoint = TrainingCheckpoint(ctx.path(layout.OPTIMIZE_CHECKPOINT), ctx.inputs, "optimize",
+                                    setup={**setup.describe(t.batch_size), "models": list(needed_models(cfg))})
+    if setup.multi_worker:
+        # Every worker resumes from the chief's checkpoint, or none does: they train in lockstep.
+        setup.share_folder(ctx.root, layout.OPTIMIZE_CHECKPOINT)
     with setup.strategy.scope():
-        _optimize(cfg, ctx, setup, report, x_train, train_ds, val_ds, steps)
+        _optimize(cfg, ctx, setup, report, x_train, train_ds, val_ds, steps, Progress(checkpoint))
     path = ctx.path(layout.OPTIMIZE_REPORT)
     write_json(path, report)
     ctx.record_output(path)
+    checkpoint.discard()  # only now: a run stopped before this resumes instead of starting over
 
 
-def _optimize(cfg: Config, ctx, setup, report: dict, x_train, train_ds, val_ds, steps: int) -> None:
+def _optimize(cfg: Config, ctx, setup, report: dict, x_train, train_ds, val_ds, steps: int,
+              progress: Progress) -> None:
     """Every model ``report["models"]`` names, trained and saved; their figures go into ``report``."""
     t, o = cfg.train, cfg.optimize
     # One training batch (seeded) that QAT's activation ranges start from.
@@ -160,25 +232,30 @@ def _optimize(cfg: Config, ctx, setup, report: dict, x_train, train_ds, val_ds, 
                  "convolution), %d stay float until the converter calibrates them (TFOpLambda, Rescaling, "
                  "Normalization)", len(report["qat_layers"]["output"]), len(report["qat_layers"]["float"]))
     shared = dict(cfg=cfg, ctx=ctx, teacher=teacher, range_batch=range_batch, steps=steps, train_ds=train_ds,
-                  val_ds=val_ds, setup=setup)
+                  val_ds=val_ds, setup=setup, progress=progress)
 
     if "pruned-qat" in report["models"]:
         phase_start = time.time()
-        base = load_classifier(ctx.path(layout.MODEL))
-        _prepare(base, cfg)
         schedule = compression.pruning_schedule(o.prune.target_sparsity, steps * o.prune.epochs, o.prune.ramp_fraction)
-        pruning = _tfmot(cfg, "prune", lambda: compression.apply_pruning(base, schedule, o.prune.exclude))
-        fit_model = _trainable(pruning, teacher, cfg, setup.lr(o.prune.lr), o.prune.epochs, steps)
-        prune_val = _fit(fit_model, f"pruning to {o.prune.target_sparsity:.0%} sparsity", o.prune.epochs, train_ds, val_ds,
-                         compression.pruning_callbacks())
-        pruned = compression.strip_pruning(pruning)
+        out = ctx.path(layout.PRUNED_MODEL)
+        if progress.done("prune") and out.is_file():
+            log.info("[optimize] prune: done by the run that was stopped, model from %s", out.name)
+            pruned, prune_val = load_classifier(out), progress.val("prune")
+        else:
+            base = load_classifier(ctx.path(layout.MODEL))
+            _prepare(base, cfg)
+            pruning = _tfmot(cfg, "prune", lambda: compression.apply_pruning(base, schedule, o.prune.exclude))
+            fit_model = _trainable(pruning, teacher, cfg, setup.lr(o.prune.lr), o.prune.epochs, steps)
+            prune_val = progress.fit("prune", f"pruning to {o.prune.target_sparsity:.0%} sparsity", pruning, fit_model,
+                                     o.prune.epochs, train_ds, val_ds, compression.pruning_callbacks())
+            pruned = compression.strip_pruning(pruning)
+            with atomic_path(out) as tmp:
+                pruned.save(tmp)
+            progress.finish("prune")
+        ctx.record_output(out)
         sparsity = compression.overall_sparsity(pruned)
         log.info("[optimize] pruned: %.2f%% of prunable weights are zero (target %.0f%%)", 100 * sparsity,
                  100 * o.prune.target_sparsity)
-        out = ctx.path(layout.PRUNED_MODEL)
-        with atomic_path(out) as tmp:
-            pruned.save(tmp)
-        ctx.record_output(out)
 
         pqat, pqat_val = _quantization_aware_training(pruned, True, layout.PRUNED_QAT_WEIGHTS, **shared)
         report["pruning"] = {
