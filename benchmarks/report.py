@@ -6,7 +6,8 @@ The markdown says, in order: which file to ship per target, what failed its
 budget, then one table per target; then each file's accuracy against the
 Keras model on the test split (paired figures, verdict, warnings), the
 repair attempts behind each int8 recipe and the per-layer int8 sensitivity
-(``benchmarks.report_accuracy``). The HTML adds the plots: accuracy against
+(``benchmarks.report_accuracy``); last, each file on the test photos resized as
+apps do (``benchmarks.report_resizers``). The HTML adds the plots: accuracy against
 latency per target with the Pareto front (marker area = file size), file
 sizes before and after gzip, the confusion matrix of each target's best
 file, the most int8-sensitive layers, and where each lossy file's answers differ
@@ -25,7 +26,7 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-from benchmarks import report_accuracy, report_flips
+from benchmarks import report_accuracy, report_flips, report_resizers
 from benchmarks.plotting import annotate_cells, set_log_x
 from core import layout
 from core.io import atomic_path, write_text
@@ -191,6 +192,7 @@ def markdown(results: dict) -> str:
         lines += ["| " + " | ".join(_self_check_cells(e)) + " |" for e in checked]
     lines += report_accuracy.markdown(results)
     lines += report_flips.markdown(results)
+    lines += report_resizers.markdown(results)
     return "\n".join(lines + [""])
 
 
@@ -346,6 +348,7 @@ def html_page(results: dict, images: list[Path]) -> str:
         parts.append("</table>")
     parts += report_accuracy.html(results, inline)
     parts += report_flips.html(results, inline)
+    parts += report_resizers.html(results)
     parts.append("</body></html>")
     return "\n".join(parts)
 

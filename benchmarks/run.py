@@ -11,7 +11,6 @@ the report (``report/``).
 
 from __future__ import annotations
 
-import glob
 import json
 import logging
 import math
@@ -22,21 +21,20 @@ from typing import Optional
 
 import numpy as np
 
-from benchmarks import accuracy, efficiency, selfcheck
+from benchmarks import accuracy, efficiency, resizers, selfcheck
+from benchmarks.candidates import KERAS_KEY, candidates, reference_files
 from benchmarks.inputs import input_size, write_inputs
 from benchmarks.latency import Worker, WorkerError, interleave, relative_ci, slug, summarize
 from benchmarks.targets import Target, available_cpus, load_targets
 from exporters import registry
-from exporters.registry import FILE_KINDS, is_model_file, kind_of_file
 from core import layout, stats
-from core.errors import ConfigError, PipelineError
-from core.io import gzip_size, write_json
+from core.errors import PipelineError
+from core.io import write_json
 from core.splits import load_split
 
 log = logging.getLogger("pipeline")
 
 SCHEMA_VERSION = 2
-KERAS_KEY = "keras"
 MIB = 1024 * 1024
 
 
@@ -44,71 +42,6 @@ class BenchmarkError(PipelineError):
     """A worker could not load or run a file: the message names it."""
 
     exit_code = 1
-
-
-def reference_files(patterns: tuple[str, ...]) -> list[Path]:
-    """Files named (or globbed) by ``benchmark.reference_models``; a pattern that matches nothing is an error."""
-    out: list[Path] = []
-    for pattern in patterns:
-        matches = sorted(Path(p) for p in glob.glob(pattern)) if glob.has_magic(pattern) else [Path(pattern)]
-        matches = [p for p in matches if p.is_file()]
-        if not matches:
-            raise ConfigError(f"benchmark.reference_models: '{pattern}' matches no file; fix the path or remove it.")
-        for path in matches:
-            if not (is_model_file(path) and kind_of_file(path).ships):
-                shipped = " or ".join(k.extension for k in FILE_KINDS if k.ships)
-                raise ConfigError(f"benchmark.reference_models: '{path}' is not a {shipped} file.")
-            if any(p.name == path.name for p in out):
-                raise ConfigError(f"benchmark.reference_models: two files are named {path.name}; rename one "
-                                  "(rows are keyed by file name).")
-            out.append(path)
-    return out
-
-
-def _readable(path: Path, read):
-    """Parse a reference file in the parent; a broken one is a config problem, named, not a traceback."""
-    try:
-        return read(path)
-    except Exception as exc:
-        raise ConfigError(f"benchmark.reference_models: {path} cannot be read as a model file "
-                          f"({exc.__class__.__name__}); replace or remove it.") from None
-
-
-def _file_facts(path: Path) -> dict:
-    return {"bytes": path.stat().st_size, "gzip_bytes": gzip_size(path)}
-
-
-def _tflite_integer(path: Path) -> Optional[bool]:
-    from exporters import inspect
-
-    return bool(inspect.tflite_summary(path)["fully_integer"])
-
-
-def candidates(root: Path, export_results: dict, references: list[Path]) -> list[dict]:
-    """Published files of this build, then reference files; the Keras model last."""
-    out = []
-    for art in export_results["artifacts"]:
-        if art["status"] == "failed" or art["format"] == "keras":
-            continue
-        path = root / layout.ARTIFACTS / art["file"]
-        out.append({"key": art["format"], "name": art["name"], "origin": "build", "format": art["format"],
-                    "runtime": art["runtime"], "precision": art["precision"], "path": path,
-                    "file": art["file"], "bytes": art["bytes"], "gzip_bytes": art["gzip_bytes"],
-                    "fully_integer": art.get("fully_integer"), "sparsity": art.get("sparsity")})
-    for path in references:
-        runtime = kind_of_file(path).runtime
-        out.append({"key": f"reference:{path.name}", "name": path.stem, "origin": "reference", "format": None,
-                    "runtime": runtime, "precision": None, "path": path, "file": str(path),
-                    "fully_integer": _readable(path, _tflite_integer) if runtime == "litert" else None,
-                    "input_size": _readable(path, input_size),
-                    "sparsity": None, **_file_facts(path)})
-    # The Keras model as shipped (the `keras` export, no optimizer state) when it was exported.
-    shipped = [a for a in export_results["artifacts"] if a["format"] == "keras" and a["status"] != "failed"]
-    keras_path = root / layout.ARTIFACTS / shipped[0]["file"] if shipped else root / layout.MODEL
-    out.append({"key": KERAS_KEY, "name": f"{export_results['name']}-keras", "origin": "keras", "format": "keras",
-                "runtime": "keras", "precision": "fp32", "path": keras_path, "file": str(keras_path.relative_to(root)),
-                "fully_integer": False, "sparsity": None, **_file_facts(keras_path)})
-    return out
 
 
 def count_macs(entry: dict) -> Optional[int]:
@@ -434,6 +367,9 @@ def benchmark(cfg, root: Path, progress: bool = True) -> dict:
                         "runs); read those targets' percentiles with care, or run `make bench` again on a quiet "
                         "machine (the build itself is unaffected)", off)
 
+    # After the timing, in this process: the app's resize, each file on the test photos resized as apps do.
+    resized = resizers.measure(root, entries, settings.resizers, settings.accuracy_images, available_cpus(), progress)
+
     results = {**export_results, "schema_version": SCHEMA_VERSION}
     results["benchmark"] = {
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -446,6 +382,7 @@ def benchmark(cfg, root: Path, progress: bool = True) -> dict:
         "failures": [{"target": r["target"], "artifact": r["artifact"], "reasons": r["budget"]["failures"]}
                      for r in rows if r["budget"] and not r["budget"]["passed"]],
         "self_check": checked,
+        "resizers": resized,
         "seconds": round(time.time() - started, 1),
     }
     write_json(root / layout.BENCH_RESULTS, results)

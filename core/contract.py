@@ -10,12 +10,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from core import photos
 from core.errors import ConfigError
 
 INPUT_NAME = "image"  # the Keras input, the TFLite signature input and the ONNX graph input
 PREPROCESS_LAYER = "preprocess"  # the in-graph normalization; exporters fold it into the input quantization
 HEAD_PREFIX = "head_"  # the layers fine-tuning adds on the backbone
-# How the data stage turns a photo into the model's square input; an app must do the same.
+# How the data stage turns a photo into the model's square input; an app must do the same. The
+# contract also names the resizer itself (library, version, call): another library's "bilinear" gives
+# other pixels (benchmarks.resizers measures how far each file's answers move on them).
 RESIZE_POLICY = "center-crop to square, then bilinear resize to image_size"
 OUTPUT = "class probabilities (softmax), one per line of labels.txt"
 
@@ -44,6 +47,7 @@ def preprocessing_contract(image_size: int, mean, std, channel_order: str) -> di
         "normalization": "inside the model",
         "in_graph_normalization": {"channel_order": channel_order, "mean": list(mean), "std": list(std)},
         "resize": RESIZE_POLICY,
+        "resizer": {k: v for k, v in photos.describe(photos.CONTRACT_RESIZER).items() if k != "who"},
         "output": OUTPUT,
     }
 

@@ -21,11 +21,12 @@ from pydantic import (BaseModel, ConfigDict, Field, StrictFloat, ValidationError
                       model_validator)
 
 from core.contract import PREPROCESSING_PRESETS, read_class_order
+from core.photos import CONTRACT_RESIZER, DEFAULT_RESIZERS, RESIZER_NAMES
 from core.errors import ConfigError, one_line, printable, show
 from core.yaml_files import YAMLProblem, parse_yaml, read_yaml
 from pipeline.backbones import BACKBONES, check_backbone
 
-AUGMENTATIONS = ("horizontal_flip", "brightness", "contrast", "crop")
+AUGMENTATIONS = ("horizontal_flip", "brightness", "contrast", "crop", "resize_jitter")
 BACKBONE_NAMES = tuple(BACKBONES)
 
 
@@ -80,7 +81,10 @@ class DataConfig(_Section):
                       description="seed of the split, the shuffle, the augmentation and the weight initialization")
     augment: tuple[Literal[AUGMENTATIONS], ...] = Field(
         default=("horizontal_flip", "brightness", "contrast"),
-        description="augmentations of the training split, drawn anew each epoch")
+        description="augmentations of the training split, drawn anew each epoch; `resize_jitter` shows the model "
+                    "each image as another app's resizer would give it (enlarged, then reduced bilinear without "
+                    "antialiasing, by area, antialiased, or nearest pixel, or left as it is; see "
+                    "`benchmark.resizers`)")
     limit_per_class: Optional[int] = Field(
         default=None, ge=3,
         description="keep at most this many images per class, before splitting (quick trials on big folders); "
@@ -484,6 +488,14 @@ class BenchmarkConfig(_Section):
     peak_seconds: float = Field(
         default=0.5, gt=0, le=30,
         description="seconds of GEMM (fp32 and int8) per thread count for the host's measured peak")
+    resizers: tuple[Literal[RESIZER_NAMES], ...] = Field(  # type: ignore[valid-type]
+        default=DEFAULT_RESIZERS,
+        description="after the timing, every published file and the Keras model run on the original test photos "
+                    "resized each of these ways, as apps resize (Pillow, OpenCV, TensorFlow; a `-squash` name "
+                    "resizes the whole frame instead of the centred square): test top-1 and top-1 agreement with the "
+                    f"Keras model on the contract's resize (`{CONTRACT_RESIZER}`), in results.json "
+                    "`benchmark.resizers` and the report's resizer table; builds of `data.source: digits` have no "
+                    "photo files and record why; `[]` skips it")
 
     @model_validator(mode="after")
     def _runs(self) -> "BenchmarkConfig":
@@ -491,6 +503,8 @@ class BenchmarkConfig(_Section):
             raise ValueError("benchmark.min_runs must not exceed benchmark.max_runs")
         if len(set(self.targets)) != len(self.targets):
             raise ValueError("benchmark.targets lists a target twice")
+        if len(set(self.resizers)) != len(self.resizers):
+            raise ValueError("benchmark.resizers lists a resizer twice")
         return self
 
 

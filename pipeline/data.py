@@ -13,14 +13,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 
+from core import photos
 from core.contract import check_label
 from core.errors import DataError
+from core.photos import BadImage
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
-# Decoding follows core.contract.RESIZE_POLICY, part of the preprocessing contract that ships
-# with every artifact: an app has to crop and resize the same way to see the same accuracy.
+# Decoding follows core.contract.RESIZE_POLICY (core.photos.CONTRACT_RESIZER), part of the preprocessing
+# contract that ships with every artifact: an app has to crop and resize the same way to see the same
+# accuracy (benchmarks.resizers measures how far each file moves when it does not).
 
 
 @dataclass(frozen=True)
@@ -138,64 +141,15 @@ def apply_class_order(order: tuple[str, ...], class_names: tuple[str, ...],
     return tuple(order), position[labels]
 
 
-class BadImage(Exception):
-    """An image file that cannot be used; ``reason`` is one phrase for the scan report."""
-
-    def __init__(self, reason: str):
-        super().__init__(reason)
-        self.reason = reason
-
-
-# 16-bit and 32-bit grey modes PIL's convert("RGB") would clip to white: scaled to 8 bits instead.
-_WIDE_GREY = {"I;16": 257.0, "I;16B": 257.0, "I;16L": 257.0, "I;16N": 257.0, "I": 257.0}
-
-
 def decode_image(data: bytes, size: int, max_pixels: int) -> tuple[np.ndarray, list[str]]:
     """RGB uint8 (size, size, 3) from a file's bytes, and what had to be converted on the way.
 
-    Raises :class:`BadImage` with a reason for anything that is not a usable image.
+    Decoded by :func:`core.photos.open_rgb` and resized by the contract's resizer, the one
+    every exported file is validated on. Raises :class:`BadImage` with a reason for
+    anything that is not a usable image.
     """
-    import io
-    import warnings
-
-    conversions = []
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as img:
-                width, height = img.size
-                if width * height > max_pixels:
-                    raise BadImage(f"very large image ({width}x{height} = {width * height / 1e6:.1f} MP, over "
-                                   f"data.max_image_pixels {max_pixels / 1e6:g} MP)")
-                img.load()
-                if img.getexif().get(0x0112, 1) not in (0, 1):  # EXIF orientation: the camera was turned
-                    conversions.append("exif_rotated")
-                img = ImageOps.exif_transpose(img)
-                if img.mode in _WIDE_GREY:
-                    conversions.append("16-bit")
-                    grey = np.asarray(img, dtype=np.float64)
-                    if img.mode == "I" and grey.max() <= 255:
-                        conversions[-1] = "32-bit"
-                        grey = grey * 257.0
-                    img = Image.fromarray(np.clip(np.round(grey / _WIDE_GREY[img.mode]), 0, 255).astype(np.uint8), "L")
-                if img.mode != "RGB":
-                    conversions.append(img.mode)
-                    img = img.convert("RGB")  # grayscale, palette, RGBA, CMYK -> RGB
-                img = ImageOps.fit(img, (size, size), method=Image.BILINEAR, centering=(0.5, 0.5))
-                return np.asarray(img, dtype=np.uint8), conversions
-    except BadImage:
-        raise
-    except Image.DecompressionBombError as exc:
-        raise BadImage(f"very large image, refused as a decompression bomb ({exc})") from None
-    except Image.DecompressionBombWarning as exc:
-        raise BadImage(f"very large image, refused as a possible decompression bomb ({exc})") from None
-    except UnidentifiedImageError:
-        raise BadImage("not an image, or an image format PIL cannot read") from None
-    except Exception as exc:  # truncated data, broken chunks, bad headers: the file's problem, named by kind
-        message = str(exc).strip() or exc.__class__.__name__
-        if "truncated" in message.lower():
-            raise BadImage(f"truncated image ({message})") from None
-        raise BadImage(f"corrupt image ({exc.__class__.__name__}: {message})") from None
+    photo, conversions = photos.open_rgb(data, max_pixels)
+    return photos.resize(photo, size, photos.CONTRACT_RESIZER), conversions
 
 
 def load_image(path: Path, size: int, max_pixels: int = 100_000_000) -> np.ndarray:
@@ -535,6 +489,9 @@ def _augment(image, ops: tuple[str, ...], seed):
 
     flip, scale_seed, crop_seed, brightness, contrast = tf.unstack(tf.random.experimental.stateless_split(seed, 5))
     size = tf.shape(image)[0]
+    if "resize_jitter" in ops:
+        # Its seeds are folded from the image's own: the other augmentations draw what they drew without it.
+        image = _resize_jitter(image, tf.random.experimental.stateless_fold_in(seed, RESIZE_JITTER_SALT))
     if "horizontal_flip" in ops:
         image = tf.image.stateless_random_flip_left_right(image, flip)
     if "crop" in ops:
@@ -548,3 +505,36 @@ def _augment(image, ops: tuple[str, ...], seed):
     if "contrast" in ops:
         image = tf.image.stateless_random_contrast(image, 0.85, 1.15, contrast)
     return tf.clip_by_value(image, 0.0, 255.0)
+
+
+RESIZE_JITTER_SALT = 0x52535A  # "RSZ"
+# resize_jitter: the photo is taken to be this many times the input side before an app's resizer reduces it.
+RESIZE_JITTER_SCALE = (1.25, 2.5)
+
+
+def _resize_jitter(image, seed):
+    """The image as another app's resizer would have given it: one of five, drawn per image with ``seed``.
+
+    The decoded split holds the contract's pixels only (the photos are not read again while
+    training), so a larger photo is made by enlarging the image (bicubic, by a random factor
+    in :data:`RESIZE_JITTER_SCALE`), and it is reduced back by bilinear without antialiasing
+    (OpenCV ``INTER_LINEAR``, Android's filtered bitmap scaling, ``tf-bilinear``), area
+    averaging (``INTER_AREA``, Pillow's box), antialiased bilinear (Pillow's bilinear, the
+    contract) or the nearest pixel (an unfiltered bitmap scale); the fifth choice leaves the
+    image as it is. The result is rounded to whole values, as a resized bitmap's bytes are.
+    """
+    from core.keras_compat import tf
+
+    scale_seed, method_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+    size = tf.shape(image)[:2]
+    scale = tf.random.stateless_uniform([], scale_seed, *RESIZE_JITTER_SCALE)
+    larger = tf.image.resize(image, tf.cast(tf.round(tf.cast(size, tf.float32) * scale), tf.int32), method="bicubic")
+    choices = tf.stack([
+        tf.image.resize(larger, size, method="bilinear", antialias=False),
+        tf.image.resize(larger, size, method="area"),
+        tf.image.resize(larger, size, method="bilinear", antialias=True),
+        tf.image.resize(larger, size, method="nearest"),
+        image,
+    ])
+    pick = tf.random.stateless_uniform([], method_seed, 0, 5, dtype=tf.int32)
+    return tf.ensure_shape(tf.clip_by_value(tf.round(tf.gather(choices, pick)), 0.0, 255.0), image.shape)

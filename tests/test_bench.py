@@ -487,7 +487,7 @@ def test_bad_targets_file_is_one_sentence(tmp_path):
 
 
 def test_missing_reference_model_is_a_config_error(tmp_path):
-    from benchmarks.run import reference_files
+    from benchmarks.candidates import reference_files
 
     with pytest.raises(ConfigError, match="matches no file"):
         reference_files((str(tmp_path / "*.tflite"),))
@@ -495,7 +495,7 @@ def test_missing_reference_model_is_a_config_error(tmp_path):
 
 
 def test_broken_or_duplicate_reference_files_are_config_errors(tmp_path):
-    from benchmarks import run
+    from benchmarks import candidates as run
 
     bad = tmp_path / "broken.tflite"
     bad.write_bytes(b"garbage!" * 64)

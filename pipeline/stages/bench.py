@@ -12,7 +12,8 @@ import logging
 from pathlib import Path
 
 from benchmarks import report
-from benchmarks.run import benchmark, reference_files
+from benchmarks.candidates import reference_files
+from benchmarks.run import benchmark
 from core import layout
 from core.io import sha256_file
 from pipeline.config import Config, targets_file
