@@ -47,6 +47,8 @@ def _parser() -> argparse.ArgumentParser:
         if name == "run":
             p.add_argument("--force", action="append", default=[], metavar="STAGE",
                            help="run this stage even if it is up to date (repeatable), e.g. --force bench")
+            p.add_argument("--through", metavar="STAGE",
+                           help="stop after this stage, e.g. --through finetune to train without exporting")
             p.add_argument("--wait", action="store_true",
                            help="when another run holds this build folder, wait for it instead of exiting 2")
     p = sub.add_parser("verify", help="check a build's files against its manifest.json: checksums, schema, metadata")
@@ -117,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         # One run per build folder; the other workers of a multi-worker run write nothing there.
         command = " ".join([_prog(), *(argv if argv is not None else sys.argv[1:])])[:300]
         with terminate_raises(), (hold(cfg.build_root, command, args.wait) if chief else contextlib.nullcontext()):
-            ran = runner.run(cfg, args.config, force=tuple(args.force))
+            ran = runner.run(cfg, args.config, force=tuple(args.force), through=args.through)
         if not chief:
             print(f"{task.task_type} {task.index}: trained with the chief in {', '.join(ran) if ran else 'no stage'}; "
                   f"the chief writes {cfg.build_root}")

@@ -102,7 +102,7 @@ def run(cfg: Config, config_source: str, force: tuple[str, ...] = (), through: O
             raise ConfigError(f"--force {name}: the stage is not needed for this config ({stage.not_needed(cfg)}).")
     if through is not None:
         if through not in known:
-            raise ValueError(f"no stage {through!r}; stages are {', '.join(known)}")
+            raise ConfigError(f"--through {through}: no such stage; stages are {', '.join(known)}.")
         stages = stages[:known.index(through) + 1]
     cluster = None
     if distribution.wants_multi_worker(cfg.train):
