@@ -9,6 +9,7 @@ What the user wrote goes into a sentence through :func:`show` or
 line break in a key, a value or a parser's message cannot split the sentence.
 """
 
+import errno
 import os
 
 
@@ -40,6 +41,24 @@ class ExportError(PipelineError):
     """A converter could not make a file of a format the config asks for; nothing new was published."""
 
     exit_code = 1
+
+
+_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+_FULL_TEXTS = ("no space left on device", "disk quota exceeded")
+
+
+def disk_full(exc: BaseException) -> bool:
+    """Whether ``exc``, or an exception it was raised from, is a full disk: an OSError with ENOSPC or
+    EDQUOT, or a library's error (TensorFlow, h5py, a converter's child process) that quotes its text."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in _FULL_ERRNOS:
+            return True
+        if any(text in str(exc).lower() for text in _FULL_TEXTS):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def show(value: object, limit: int = 80) -> str:

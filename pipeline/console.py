@@ -86,8 +86,11 @@ class _Filter:
                     if len(self.held) < 10_000:
                         self.held.append(line)
                 else:
-                    self.log.write(line)
-                    self.log.flush()
+                    try:
+                        self.log.write(line)
+                        self.log.flush()
+                    except OSError:  # a full disk: the line is lost, the reader must go on (a full pipe would hang)
+                        pass
         else:
             os.write(self.terminal, line)
 

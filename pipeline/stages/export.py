@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from core import layout, stats
-from core.errors import BudgetError, DataError, ExportError, one_line
+from core.errors import BudgetError, DataError, ExportError, disk_full, one_line
 from core.io import atomic_path, gzip_size, sha256_file, swap_in_folder, write_json
 from core.layout import read_labels
 from core.sensitivity import figure as sensitivity_figure
@@ -342,6 +342,8 @@ def _export_format(job: Publishing, fmt: str, model) -> None:
         # A converter can refuse a model the user's config made (an untrained QAT model's
         # degenerate quantization ranges, say): that format fails, the others are still made.
         exc = failed.__cause__
+        if disk_full(exc):  # not this format's fault: every later file would fail the same way
+            raise exc
         log.debug("[export] %s conversion traceback", fmt, exc_info=exc)
         why = f"conversion failed ({one_line(f'{type(exc).__name__}: {exc}', 240)})"
         log.error("[export] %-14s %s NOT MADE: %s", fmt, filename, why)
