@@ -147,7 +147,10 @@ def library_version(library: str) -> str:
 def describe(name: str) -> dict:
     """A resizer as results.json and the preprocessing contract name it."""
     method, squash = split_name(name)
-    return {"name": name, "library": library_version(method.library), "call": method.call,
+    # Squashing resizes the whole decoded frame: Pillow's resize, the others on the frame, not the square.
+    call = (method.call.replace("ImageOps.fit(photo, (S, S), ", "photo.resize((S, S), ").replace("square", "frame")
+            if squash else method.call)
+    return {"name": name, "library": library_version(method.library), "call": call,
             "framing": "whole frame squashed to a square" if squash else "centred square", "who": method.who}
 
 
