@@ -11,7 +11,9 @@ seed 1 gave 140. A process that starts fresh, with a fixed hash seed, makes the 
 the same order for the same model: ``convert`` runs tf2onnx there. Even so, with TensorFlow's
 default thread pools the graph still varied with the host's load (tests' tiny model, five
 conversions at a time on 2 cores: 1 of 40 had 141 nodes instead of 142, a depthwise kernel's
-Reshape folded). With one intra-op and one inter-op thread, 100 of 100 gave the same bytes.
+Reshape folded). With one intra-op and one inter-op thread, 100 of 100 gave the same bytes on a quiet host; on a
+loaded one, 1 of 11 still left out one Reshape that gives back its input's shape, and
+``exporters.onnx.drop_noop_reshapes`` removes every such Reshape after the conversion.
 
 Usage (internal): ``python -m exporters.onnx_process MODEL.keras OUT.onnx IMAGE_SIZE OPSET``.
 """

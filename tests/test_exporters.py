@@ -449,3 +449,40 @@ def test_compare_flags_disagreement_and_large_differences():
     assert not drift.passed and any("max |dp|" in f for f in drift.failures)
     nan = compare(reference * np.nan, reference, labels, exporter)
     assert not nan.passed
+
+
+def test_a_reshape_that_gives_back_its_input_shape_is_dropped_and_the_graph_is_the_same_bytes(tiny_build):
+    """tf2onnx leaves such Reshapes in or takes them out from one conversion to the next (exporters.onnx)."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    from exporters.onnx import canonicalize, drop_noop_reshapes
+
+    cfg, _ = tiny_build
+    shipped = (cfg.build_root / "artifacts" / "tiny_fp32.onnx").read_bytes()
+    proto = onnx.ModelProto.FromString(shipped)
+    graph = proto.graph
+    conv = next(i for i, n in enumerate(graph.node) if n.op_type == "Conv" and "depthwise" in n.name)
+    source = graph.node[conv].input[0]
+    shape = [d.dim_value or None for d in next(
+        v for v in onnx.shape_inference.infer_shapes(proto).graph.value_info
+        if v.name == source).type.tensor_type.shape.dim]
+    # The same Reshape tf2onnx sometimes leaves: to [-1, H, W, C] of the input, under a counter-numbered name.
+    graph.initializer.append(numpy_helper.from_array(np.array([-1, *shape[1:]], np.int64), "shape__77"))
+    graph.node.insert(conv, helper.make_node("Reshape", [source, "shape__77"], ["reshaped__78"], name="Reshape__79"))
+    graph.node[conv + 1].input[0] = "reshaped__78"
+    # And one that changes the shape stays (a flatten feeding nothing: an extra graph output keeps it alive).
+    graph.initializer.append(numpy_helper.from_array(np.array([-1, int(np.prod(shape[1:]))], np.int64), "flat"))
+    graph.node.append(helper.make_node("Reshape", [source, "flat"], ["flattened"], name="Flatten"))
+    graph.output.append(helper.make_tensor_value_info("flattened", onnx.TensorProto.FLOAT, None))
+    assert len(graph.node) == len(onnx.ModelProto.FromString(shipped).graph.node) + 2
+
+    drop_noop_reshapes(proto)
+    canonicalize(proto)
+    assert [n.op_type for n in proto.graph.node].count("Reshape") == [
+        n.op_type for n in onnx.ModelProto.FromString(shipped).graph.node].count("Reshape") + 1
+    flatten = proto.graph.node[-1]
+    assert flatten.name == "Flatten"
+    proto.graph.initializer.remove(next(i for i in proto.graph.initializer if i.name == flatten.input[1]))
+    del proto.graph.node[-1], proto.graph.output[-1]
+    assert proto.SerializeToString() == shipped
