@@ -75,6 +75,18 @@ class Progress:
     def __init__(self, checkpoint: TrainingCheckpoint):
         self.checkpoint = checkpoint
         self.state = checkpoint.load() or {"done": [], "val": {}, "phase": None, "epoch": 0}
+        self.replayed = False
+
+    def _replay(self, train_ds, start: int) -> None:
+        """Before this process's first fit(): as many iterators over the training data as an uninterrupted
+        run had made by then. Keras makes one when fit() starts and one per epoch, and each reshuffles and
+        draws new augmentation seeds; skipped phases and epochs made none here (the SIGKILL test found a
+        QAT resumed at epoch 2 training on epoch 1's order)."""
+        if self.replayed:
+            return
+        self.replayed = True
+        for _ in range(sum(1 + len(self.state["val"].get(p, [])) for p in self.state["done"]) + start):
+            iter(train_ds)
 
     def done(self, phase: str) -> bool:
         return phase in self.state["done"]
@@ -96,6 +108,7 @@ class Progress:
             self.state["val"][phase] = []
         verbose = 1 if sys.stdout.isatty() else 2
         log.info("[optimize] %s: %d epoch(s)", title, epochs)
+        self._replay(train_ds, start)
         if start < epochs:
             fit_model.fit(train_ds, validation_data=val_ds, epochs=epochs, initial_epoch=start, verbose=verbose,
                           callbacks=[*callbacks, _SaveEachEpoch(self, phase, trackables)])
