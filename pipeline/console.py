@@ -128,6 +128,19 @@ class _ConsoleRecords(logging.Filter):
         return record.levelno >= logging.WARNING and not is_noise(record.getMessage())
 
 
+class _CurrentStderr(logging.StreamHandler):
+    """A handler that writes to ``sys.stderr`` as it is at each record, not as it was at setup: a script
+    (or a test) that calls ``main()`` again may have replaced it, and the old one may be closed."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:  # StreamHandler.__init__ assigns it
+        pass
+
+
 def setup(verbose: bool) -> None:
     """Configure the console for one command-line run (call before TensorFlow is imported)."""
     global _filter, _configured
@@ -135,7 +148,7 @@ def setup(verbose: bool) -> None:
         return
     _configured = True
     root = logging.getLogger()
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _CurrentStderr()
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", datefmt="%H:%M:%S"))
     root.addHandler(handler)
     root.setLevel(logging.INFO)

@@ -107,7 +107,8 @@ import os, sys
 import numpy as np
 from pipeline import data
 cache_dir = sys.argv[1]
-zeros, labels = np.zeros((24, 12, 12, 3), np.uint8), np.arange(24)
+# Enough batches that the prefetch cannot finish the second cache before the kill (24 images could, on a busy host).
+zeros, labels = np.zeros((4000, 12, 12, 3), np.uint8), np.arange(4000)
 finished = data.make_dataset(zeros, labels, 8, training=False, cache="disk", cache_dir=cache_dir)
 list(finished)  # a complete cache of other images
 writing = iter(data.make_dataset(zeros, labels, 8, training=False, cache="disk", cache_dir=cache_dir))
