@@ -47,18 +47,20 @@ _FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 _FULL_TEXTS = ("no space left on device", "disk quota exceeded")
 
 
-def disk_full(exc: BaseException) -> bool:
-    """Whether ``exc``, or an exception it was raised from, is a full disk: an OSError with ENOSPC or
-    EDQUOT, or a library's error (TensorFlow, h5py, a converter's child process) that quotes its text."""
+def causes(exc: BaseException | None):
+    """``exc`` and every exception it was raised from or during, nearest first (each once: chains can loop)."""
     seen = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
-        if isinstance(exc, OSError) and exc.errno in _FULL_ERRNOS:
-            return True
-        if any(text in str(exc).lower() for text in _FULL_TEXTS):
-            return True
+        yield exc
         exc = exc.__cause__ or exc.__context__
-    return False
+
+
+def disk_full(exc: BaseException | None) -> bool:
+    """Whether ``exc``, or an exception it was raised from, is a full disk: an OSError with ENOSPC or
+    EDQUOT, or a library's error (TensorFlow, h5py, a converter's child process) that quotes its text."""
+    return any((isinstance(e, OSError) and e.errno in _FULL_ERRNOS)
+               or any(text in str(e).lower() for text in _FULL_TEXTS) for e in causes(exc))
 
 
 def show(value: object, limit: int = 80) -> str:

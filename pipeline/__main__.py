@@ -7,7 +7,7 @@ import argparse
 import contextlib
 import sys
 
-from core.errors import PipelineError, disk_full, one_line, show
+from core.errors import PipelineError, causes, disk_full, one_line, show
 from pipeline import console
 from pipeline.interrupt import RUN_AGAIN, Interrupted, terminate_raises
 
@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def full_disk(exc: BaseException) -> str:
     """One sentence for a write that failed on a full disk, naming the file where the error does."""
-    chain = list(_chain(exc))
+    chain = list(causes(exc))
     full = next((e for e in chain if isinstance(e, OSError) and disk_full(e) and e.errno), None) or next(
         (e for e in chain if disk_full(e)), exc)
     where = full.filename if isinstance(full, OSError) and full.filename else None
@@ -153,13 +153,6 @@ def full_disk(exc: BaseException) -> str:
             f"({reason}); free space on that disk (or set build_dir to a larger one) and run again: "
             "stages that finished are kept, and artifacts/ still holds the previous bundle if there was one.")
 
-
-def _chain(exc: BaseException):
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        yield exc
-        exc = exc.__cause__ or exc.__context__
 
 
 def entry() -> None:
