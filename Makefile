@@ -15,7 +15,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $@
 
-.PHONY: venv export status verify bench bench-train report gate figures docs matrix test test-slow probe clean
+.PHONY: venv export status verify bench bench-build bench-train report gate figures docs matrix test test-slow probe clean
 venv: $(VENV)/.installed
 
 export: $(VENV)/.installed
@@ -33,6 +33,12 @@ verify: $(VENV)/.installed
 # stages that are out of date run first.
 bench: $(VENV)/.installed
 	$(CLI) run --config $(CONFIG) $(foreach s,$(SET),--set $(s)) --force bench
+
+# The whole build from a clean folder (build/bench-build/<name>/; the user's build is untouched), timed per stage,
+# training phase and export step, beside the figures a faster build must not change (build/bench-build/<name>.json;
+# a change from the previous bench-build is named). BUILD_FLAGS=--fail-on-change makes a change exit 1.
+bench-build: $(VENV)/.installed
+	$(PY) -m pipeline.build_time --config $(CONFIG) $(foreach s,$(SET),--set $(s)) $(BUILD_FLAGS)
 
 # Images/s of the input pipeline alone and of fine-tuning, and the share of step time spent waiting for data
 # (bench/train_throughput.json); TRAIN_FLAGS="--epochs 3 --steps 40" bounds the run.

@@ -26,7 +26,7 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-from benchmarks import report_accuracy, report_flips, report_resizers
+from benchmarks import report_accuracy, report_flips, report_resizers, report_timings
 from benchmarks.plotting import annotate_cells, set_log_x
 from core import layout
 from core.io import atomic_path, write_text
@@ -193,6 +193,7 @@ def markdown(results: dict) -> str:
     lines += report_accuracy.markdown(results)
     lines += report_flips.markdown(results)
     lines += report_resizers.markdown(results)
+    lines += report_timings.markdown(results)
     return "\n".join(lines + [""])
 
 
@@ -349,6 +350,7 @@ def html_page(results: dict, images: list[Path]) -> str:
     parts += report_accuracy.html(results, inline)
     parts += report_flips.html(results, inline)
     parts += report_resizers.html(results)
+    parts += report_timings.html(results)
     parts.append("</body></html>")
     return "\n".join(parts)
 

@@ -120,6 +120,30 @@ def test_report_names_best_file_and_failures(built, tmp_path):
     assert "| edge-box | none meets the budgets |  |  |  |  |" in text
 
 
+def test_the_report_says_where_the_build_time_went(built):
+    cfg, _, results = built
+    timings = results["timings"]
+    # Every stage the build ran, as its stamp recorded it; the bench stage's own from its results.
+    assert set(timings["stages"]) == {"data", "finetune", "export", "bench"}
+    for stage in ("data", "finetune", "export"):
+        stamp = json.loads((cfg.build_root / f"{stage}/stamp.json").read_text())
+        assert timings["stages"][stage] == stamp["seconds"] > 0
+    assert timings["stages"]["bench"] == results["benchmark"]["seconds"]
+    epochs = TINY_SECTIONS["train"]["fine_tune_epochs"]
+    assert timings["phases"]["finetune.fine_tune"]["epochs"] == epochs, "patience is the epochs: none stops early"
+    assert "finetune.head" not in timings["phases"], "the tiny build has no head epochs"
+    assert set(timings["export"]) == set(TINY_FORMATS)
+    for fmt, steps in timings["export"].items():
+        assert set(steps) == {"repair", "convert", "validate", "inspect"}, fmt  # latency_runs 0: no latency step
+    assert timings["export"]["tflite-int8"]["convert"] + timings["export"]["tflite-int8"]["repair"] > 0
+    md = (cfg.build_root / "report/report.md").read_text()
+    section = md.split("## Build time")[1]
+    for stage, seconds in timings["stages"].items():
+        assert f"| {stage} | {seconds:.1f} |" in section
+    assert "| tflite-int8 |" in section and "| finetune.fine_tune |" in section
+    assert "Build time" in (cfg.build_root / "report/report.html").read_text()
+
+
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 

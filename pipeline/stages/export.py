@@ -45,7 +45,7 @@ from exporters import convert, delegates, inspect, registry
 from exporters import metadata as file_metadata
 from exporters.runtimes import KerasSession, load_predictor, median_latency_ms, open_session
 from exporters.validate import compare
-from pipeline import adopt, manifest, models, repair
+from pipeline import adopt, manifest, models, repair, timings
 from pipeline.config import Config
 from pipeline.stages import Stage
 from pipeline.trained import load_trained, needed_models, outputs_for
@@ -299,6 +299,19 @@ def _post_training(fmt: str) -> bool:
 
 
 
+class _StepClock:
+    """Seconds per step of one format's export (``repair``, ``convert``, ``validate``, ``inspect``, ``latency``)."""
+
+    def __init__(self):
+        self.laps: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, step: str) -> None:
+        now = time.perf_counter()
+        self.laps[step] = round(now - self._last, 2)
+        self._last = now
+
+
 class _NotConverted(Exception):
     """A converter raised: carries its exception (``__cause__``) out of the staging block."""
 
@@ -331,11 +344,12 @@ def _export_format(job: Publishing, fmt: str, model) -> None:
     cfg, ref, spec = job.cfg, job.ref, registry.get(fmt)
     filename = Path(layout.artifact(cfg.name, spec.suffix)).name
     staged = job.staging / filename
-    started = time.time()
+    clock = _StepClock()
     try:
         recipe, prebuilt, repaired = _choose_recipe(job, fmt, model)
         if recipe is not None:
             job.chosen[fmt] = recipe
+        clock.lap("repair")
         plain = _convert(job, fmt, model, staged, job.context(recipe), prebuilt)
         shutil.rmtree(job.staging / "repair", ignore_errors=True)  # the other candidates
     except _NotConverted as failed:
@@ -352,7 +366,7 @@ def _export_format(job: Publishing, fmt: str, model) -> None:
                             "status": "failed", "error": why})
         job.unconverted.append(f"{fmt} ({why})")
         return
-    export_s = time.time() - started
+    clock.lap("convert")
     probs = load_predictor(staged, spec.runtime, cfg.export.threads)(ref.images)
     check = compare(probs, ref.probabilities, ref.labels, spec, cfg.export.budgets.get(fmt))
     fidelity = {"test": stats.fidelity(ref.probabilities, probs)}
@@ -362,6 +376,7 @@ def _export_format(job: Publishing, fmt: str, model) -> None:
     if ref.train_images is not None:
         # The model was trained on these images: reported apart from the held-out splits.
         fidelity["train_not_calibration"] = stats.fidelity(ref.train_probabilities, session.predict(ref.train_images))
+    clock.lap("validate")
     entry = {
         "name": f"{cfg.name}-{fmt}", "format": fmt, "runtime": spec.runtime, "precision": spec.precision,
         "source_model": spec.source, "file": filename, "bytes": staged.stat().st_size,
@@ -369,7 +384,6 @@ def _export_format(job: Publishing, fmt: str, model) -> None:
         "accuracy": {"top1": check.top1, "delta_pp": round(-check.accuracy_drop_pp, 4) + 0.0},
         "validation": check.as_dict(), "verdict": check.verdict, "fidelity": fidelity,
         "recipe": recipe.as_dict() if recipe is not None else None, "repair": repaired,
-        "export_seconds": round(export_s, 2),
         **inspect_file(staged, spec, model),
     }
     failures = check.failures
@@ -382,6 +396,7 @@ def _export_format(job: Publishing, fmt: str, model) -> None:
             failures = failures + ["adding its metadata changed its outputs on the test images"]
     if spec.runtime == "litert":
         entry["delegates"] = delegates.tflite_delegates(staged)
+    clock.lap("inspect")
     unproven = check.unproven
     if unproven is not None:
         unproven = f"{fmt}: {unproven}{_advice(job, spec)}"
@@ -400,6 +415,8 @@ def _export_format(job: Publishing, fmt: str, model) -> None:
         sibling = next((e for e in job.entries if e["format"] == spec.all_int8 and e.get("latency_ms")), None)
         if sibling is not None:  # what the float layers cost, timed the same way in the same run
             entry["latency_ratio_to_all_int8"] = round(entry["latency_ms"] / sibling["latency_ms"], 4)
+        clock.lap("latency")
+    entry["seconds"] = clock.laps
     if failures:
         entry["error"] = "; ".join(failures)
     _publish_or_reject(job, entry, staged, check, failures)
@@ -543,6 +560,8 @@ def _results(cfg: Config, ctx, class_names: list[str], contract: dict, job: Publ
     report = ctx.path(layout.OPTIMIZE_REPORT)
     if needed_models(cfg) and report.exists():
         results["optimize"] = json.loads(report.read_text())
+    # The stages before this one; the bench stage adds this one's and its own.
+    results["timings"] = timings.of_build(ctx.root, job.entries, stages=("data", "finetune", "optimize"))
     return results
 
 

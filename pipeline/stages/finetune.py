@@ -100,6 +100,7 @@ class Training:
         # What the checkpoint on disk holds, e.g. "phase head, epoch 1 of 2".
         self.saved: Optional[str] = describe(saved) if saved else None
         self.announce: Optional[dict] = None  # a restored state whose resume point is not logged yet
+        self.epoch_seconds: dict[str, list[float]] = {phase: [] for phase in PHASES}  # this run's epochs
 
     def fit(self, phase: str, epochs: int, resume: Optional[dict]) -> None:
         """Train ``phase`` for ``epochs``, or what is left of it when ``resume`` is this phase's checkpoint."""
@@ -178,11 +179,16 @@ class EpochCheckpoint(keras.callbacks.Callback):
         # and the save after it, stops here, and the checkpoint on disk is complete.
         self.training.stop.check()
 
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch_started = time.perf_counter()
+
     def on_epoch_end(self, epoch, logs=None):
         # Runs after BestWeights and EarlyStopping (the list's order), so their state is this epoch's.
         history = self.training.history[self.phase]
         for key, value in (logs or {}).items():
             history.setdefault(key, []).append(float(value))
+        # Training and validation of this epoch, in this run (pipeline.timings reads it; not checkpointed).
+        self.training.epoch_seconds[self.phase].append(round(time.perf_counter() - self.epoch_started, 2))
         finished = epoch + 1 >= self.epochs or bool(self.model.stop_training)
         self.training.save(self.phase, epoch + 1, self.epochs, finished, self.stop)
 
@@ -288,6 +294,7 @@ def run(cfg: Config, ctx) -> None:
         "head": training.history["head"], "fine_tune": training.history["fine_tune"], "unfrozen_layers": unfrozen,
         "best_val_accuracy": None if best.weights is None else float(best.best),
         "best_epoch": best.best_epoch, "seconds": round(time.time() - started, 1), "training": ran_with,
+        "epoch_seconds": training.epoch_seconds,
     })
     # Only now: a run killed before this point resumes from the checkpoint instead of starting over.
     checkpoint.discard()
