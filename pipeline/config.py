@@ -250,12 +250,13 @@ class TrainConfig(_Section):
         description="BatchNorm moving-average momentum while it trains; null keeps the backbone's own (0.999 for "
                     "MobileNetV2, tuned for ImageNet-length runs); a short run from scratch needs about 0.9")
     # pipeline.precision decides "auto".
-    mixed_precision: Literal["auto", "on", "off"] = Field(
+    mixed_precision: Literal["auto", "on", "off", "bfloat16"] = Field(
         default="auto",
-        description="fine-tune in `mixed_float16` (float16 compute, float32 weights, loss scaling; the last Dense "
-                    "layer and its softmax stay float32): `auto` is on when TensorFlow sees a GPU, off on a CPU, where "
-                    "it is slower. The saved model and every exported file are float32 either way; pruning and QAT "
-                    "always train in float32")
+        description="fine-tune in `mixed_float16` (`on`: float16 compute, float32 weights, loss scaling; the last "
+                    "Dense layer and its softmax stay float32): `auto` is on when TensorFlow sees a GPU, off on a CPU, "
+                    "where it is slower. `bfloat16`: `mixed_bfloat16` (no loss scaling), for CPUs with bfloat16 "
+                    "kernels; measure it with `make bench-train` first. The saved model and every exported file are "
+                    "float32 either way; pruning and QAT always train in float32")
     jit_compile: Literal["auto", "on", "off"] = Field(
         default="auto",
         description="XLA-compile the fine-tuning steps: `auto` is on with a GPU, off on a CPU (compiling costs more "

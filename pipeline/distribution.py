@@ -122,9 +122,13 @@ class Setup:
     kind: str
     strategy: object
     task: Optional[Task]
-    mixed_precision: bool
+    precision_policy: str  # the Keras policy fine-tuning runs under (pipeline.precision)
     jit_compile: bool
     lr_scaling: str
+
+    @property
+    def mixed_precision(self) -> bool:
+        return self.precision_policy != "float32"
 
     @property
     def replicas(self) -> int:
@@ -152,7 +156,8 @@ class Setup:
         """What history.json and a checkpoint record; a checkpoint made with another setup is not resumed."""
         return {"distribute": self.kind, "replicas": self.replicas,
                 "global_batch_size": self.global_batch(per_replica_batch), "lr_factor": round(self.lr_factor, 6),
-                "mixed_precision": self.mixed_precision, "jit_compile": self.jit_compile}
+                "mixed_precision": self.mixed_precision, "precision_policy": self.precision_policy,
+                "jit_compile": self.jit_compile}
 
     def summary(self, per_replica_batch: int) -> str:
         if self.kind == "multi_worker":
@@ -164,7 +169,7 @@ class Setup:
             where = "one device"
         return (f"{where}; {self.replicas} replica(s), global batch {self.global_batch(per_replica_batch)} "
                 f"({per_replica_batch} per replica), learning rates x{self.lr_factor:g} (train.lr_scaling "
-                f"{self.lr_scaling}); mixed precision {'on' if self.mixed_precision else 'off'}, XLA "
+                f"{self.lr_scaling}); mixed precision {self.precision_policy if self.mixed_precision else 'off'}, XLA "
                 f"{'on' if self.jit_compile else 'off'}")
 
     # What the chief shares with the other workers of a multi-worker run.
@@ -240,5 +245,5 @@ def training_setup(train_cfg) -> Setup:
     if task is not None and task.tasks > 1 and kind != "multi_worker":
         log.warning("TF_CONFIG lists %d tasks but train.distribute is %s: this process trains alone", task.tasks, kind)
     return Setup(kind=kind, strategy=_strategy(kind), task=task if kind == "multi_worker" else None,
-                 mixed_precision=precision.resolve(train_cfg.mixed_precision, gpus),
+                 precision_policy=precision.policy_name(train_cfg.mixed_precision, gpus),
                  jit_compile=precision.resolve(train_cfg.jit_compile, gpus), lr_scaling=train_cfg.lr_scaling)

@@ -195,7 +195,7 @@ def measure(cfg, config_source: str, epochs: int, steps: int | None, phase: str,
     del train_ds  # its disk cache, if any, goes with it
 
     train_ds, _, _, _ = finetune.datasets(cfg, root, batch)  # fresh: nothing cached by the first measurement
-    with precision.policy(setup.mixed_precision), setup.strategy.scope():
+    with precision.policy(setup.precision_policy), setup.strategy.scope():
         model = finetune.build_model(cfg, len(read_labels(root)))
         models.freeze_backbone(model)
         unfrozen = models.set_trainable(model, t.fine_tune_at, t.freeze_batchnorm) if phase == "fine_tune" else 0
@@ -230,7 +230,7 @@ def table(result: dict) -> str:
     setup = result["training_setup"]
     lines = [f"train throughput: {result['name']}, {result['phase']} phase, batch {result['batch_size']} "
              f"({setup['replicas']} replica(s)), {result['steps_per_epoch']} steps/epoch, cache {result['cache_used']}, "
-             f"mixed precision {'on' if setup['mixed_precision'] else 'off'}, XLA {'on' if setup['jit_compile'] else 'off'}, "
+             f"mixed precision {setup.get('precision_policy', 'on') if setup['mixed_precision'] else 'off'}, XLA {'on' if setup['jit_compile'] else 'off'}, "
              f"{result['device']}",
              f"{'epoch':>5}  {'pipeline img/s':>14}  {'training img/s':>14}  {'waiting for data':>16}"]
     for p, t in zip(result["pipeline"], result["training"]):

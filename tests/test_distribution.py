@@ -38,23 +38,30 @@ def _passed(cfg) -> dict:
     return by_format
 
 
-def test_mixed_precision_and_xla_forced_on_a_cpu_train_in_float16_and_export_float32(tmp_path):
+# float16 with XLA in CI (the GPU path); bfloat16 (the CPU path of AVX512-BF16 hosts) behind slow, its
+# policy-specific parts in CI by test_bfloat16_builds_a_float32_head_and_saves_float32.
+@pytest.mark.parametrize("setting, policy, jit, dtype", [
+    ("on", "mixed_float16", "on", "float16"),
+    pytest.param("bfloat16", "mixed_bfloat16", "off", "bfloat16", marks=pytest.mark.slow)])
+def test_mixed_precision_and_xla_forced_on_a_cpu_train_in_float16_and_export_float32(tmp_path, setting, policy, jit,
+                                                                                      dtype):
     from pipeline import models
     from core.keras_compat import keras
     from core.loader import load_classifier as load_model
 
     path = write_config(tmp_path / "tiny.yaml",
-                        train={**TRAIN, "head_epochs": 1, "fine_tune_epochs": 0, "mixed_precision": "on", "jit_compile": "on",
-                               "distribute": "none"},
+                        train={**TRAIN, "head_epochs": 1, "fine_tune_epochs": 0, "mixed_precision": setting,
+                               "jit_compile": jit, "distribute": "none"},
                         export={"formats": FLOAT_FORMATS, "latency_runs": 0})
     cfg = load_config(path)
     assert runner.run(cfg, str(path)) == ["data", "finetune", "export"]
 
     # What the model that trained computed in, read from it during the run.
     trained = json.loads((cfg.build_root / "finetune/history.json").read_text())["training"]
-    assert trained["policy"] == "mixed_float16" and trained["backbone_compute_dtype"] == "float16"
+    assert trained["policy"] == policy and trained["backbone_compute_dtype"] == dtype
     assert trained["last_layer_dtype"] == "float32" and trained["output_dtype"] == "float32"
-    assert trained["mixed_precision"] is True and trained["jit_compile"] is True
+    assert trained["mixed_precision"] is True and trained["precision_policy"] == policy
+    assert trained["jit_compile"] is (jit == "on")
     # The global policy is back: nothing after the training computes in float16.
     assert keras.mixed_precision.global_policy().name == "float32"
 
@@ -94,6 +101,32 @@ def _assert_float32_files(artifacts):
     ("auto", 0, False), ("auto", 1, True), ("auto", 4, True), ("on", 0, True), ("off", 2, False)])
 def test_auto_turns_mixed_precision_and_xla_on_only_with_a_gpu(setting, gpus, expected):
     assert precision.resolve(setting, gpus) is expected
+
+
+@pytest.mark.parametrize("setting, gpus, expected", [
+    ("auto", 0, "float32"), ("auto", 1, "mixed_float16"), ("on", 0, "mixed_float16"), ("off", 2, "float32"),
+    ("bfloat16", 0, "mixed_bfloat16"), ("bfloat16", 2, "mixed_bfloat16")])
+def test_mixed_precision_setting_names_the_keras_policy(setting, gpus, expected):
+    assert precision.policy_name(setting, gpus) == expected
+
+
+def test_bfloat16_builds_a_float32_head_and_saves_float32():
+    from pipeline import models
+    from pipeline.config import ModelConfig
+    from core.keras_compat import keras
+
+    spec = ModelConfig(backbone="mobilenet_v2", alpha=0.35, weights="none", dropout=0.0)
+    with precision.policy("mixed_bfloat16"):
+        model = models.build_classifier(spec, 3, 32)
+    assert keras.mixed_precision.global_policy().name == "float32"
+    assert models.backbone_layers(model)[0].compute_dtype == "bfloat16"
+    assert model.layers[-1].compute_dtype == "float32" and model.output.dtype.name == "float32"
+    model.compile(optimizer=keras.optimizers.SGD(0.01), loss="sparse_categorical_crossentropy")
+    images = np.random.default_rng(0).uniform(0, 255, (4, 32, 32, 3)).astype(np.float32)
+    assert np.isfinite(model.train_on_batch(images, np.array([0, 1, 2, 0])))  # bfloat16 needs no loss scaling
+    saved = precision.float32_copy(model)
+    assert {layer.compute_dtype for layer in saved.layers} == {"float32"}
+    assert all(a.dtype == np.float32 and np.array_equal(a, b) for a, b in zip(saved.get_weights(), model.get_weights()))
 
 
 def test_on_and_off_written_bare_in_yaml_are_the_settings(tmp_path):
@@ -145,8 +178,8 @@ class _Replicas:
 @pytest.mark.parametrize("rule, replicas, factor", [
     ("linear", 1, 1.0), ("linear", 4, 4.0), ("sqrt", 4, 2.0), ("sqrt", 2, math.sqrt(2)), ("none", 8, 1.0)])
 def test_global_batch_is_per_replica_batch_times_replicas_and_lr_follows_the_rule(rule, replicas, factor):
-    setup = distribution.Setup(kind="mirrored", strategy=_Replicas(replicas), task=None, mixed_precision=False,
-                               jit_compile=False, lr_scaling=rule)
+    setup = distribution.Setup(kind="mirrored", strategy=_Replicas(replicas), task=None,
+                               precision_policy="float32", jit_compile=False, lr_scaling=rule)
     assert setup.global_batch(16) == 16 * replicas
     assert setup.lr(1e-3) == pytest.approx(1e-3 * factor)
 

@@ -253,7 +253,7 @@ def run(cfg: Config, ctx) -> None:
     started = time.time()
     steps = int(np.ceil(n_train / batch))
     unfrozen = 0
-    with precision.policy(setup.mixed_precision), setup.strategy.scope():
+    with precision.policy(setup.precision_policy), setup.strategy.scope():
         model = build_model(cfg, len(class_names))
         # What the training really ran with, read from the model (history.json).
         ran_with = {**setup.describe(t.batch_size), "policy": keras.mixed_precision.global_policy().name,
@@ -330,7 +330,7 @@ def _save(model, setup, ctx, history: dict) -> None:
     for layer in model.layers:
         layer.trainable = True
     if setup.mixed_precision:
-        model = precision.float32_copy(model)  # see pipeline.precision: no float16 reaches the exporters
+        model = precision.float32_copy(model)  # see pipeline.precision: no float16 or bfloat16 reaches the exporters
     digest = weights_digest(model)
     log.info("[finetune] trained weights sha256 %s", digest)
     if setup.multi_worker:

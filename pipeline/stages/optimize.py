@@ -210,9 +210,10 @@ def run(cfg: Config, ctx) -> None:
     log.info("[optimize] training on %s", setup.summary(t.batch_size))
     if setup.mixed_precision or setup.jit_compile:
         log.info("[optimize] pruning and QAT train in float32 without XLA (tfmot's fake-quantization ops have no "
-                 "float16 kernels)")
+                 "float16 or bfloat16 kernels)")
     report: dict = {"models": needed_models(cfg), "distill_weight": o.distill_weight,
-                    "training": {**setup.describe(t.batch_size), "mixed_precision": False, "jit_compile": False}}
+                    "training": {**setup.describe(t.batch_size), "mixed_precision": False, "precision_policy": "float32",
+                                 "jit_compile": False}}
     checkpoint = TrainingCheckpoint(ctx.path(layout.OPTIMIZE_CHECKPOINT), ctx.inputs, "optimize",
                                     setup={**setup.describe(t.batch_size), "models": list(needed_models(cfg))})
     if setup.multi_worker:
