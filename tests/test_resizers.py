@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+from pathlib import Path
 
 import jsonschema
 import numpy as np
@@ -132,6 +133,27 @@ def test_every_file_is_measured_on_every_resizer(photo_build):
     assert all(differing[n] == images for n in MEASURED if n != photos.CONTRACT_RESIZER)
     schema = {"$defs": SCHEMA["$defs"], **SCHEMA["properties"]["benchmark"]["properties"]["resizers"]}
     jsonschema.validate(section, schema)
+
+
+def test_a_resizer_that_gives_the_contracts_pixels_is_not_run_again(photo_build, monkeypatch):
+    from exporters import runtimes
+
+    cfg, export, section = photo_build
+    calls = []
+    real = runtimes.load_predictor
+
+    def counting(path, runtime, threads):
+        predict = real(path, runtime, threads)
+        return lambda images: calls.append(Path(path).name) or predict(images)
+
+    monkeypatch.setattr(runtimes, "load_predictor", counting)
+    names = (photos.CONTRACT_RESIZER, "opencv-linear")
+    again = resizers.measure(cfg.build_root, candidates(cfg.build_root, export, []), names, progress=False)
+    # Each file runs on the contract's pixels and on opencv-linear's; the contract resizer's pixels are those.
+    assert len(calls) == 2 * 3 and len(set(calls)) == 3
+    before = {(r["artifact"], r["resizer"]): r for r in section["rows"]}
+    for row in again["rows"]:
+        assert row == before[(row["artifact"], row["resizer"])]
 
 
 def test_the_report_has_a_row_per_file_and_resizer(photo_build):
