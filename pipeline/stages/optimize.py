@@ -37,7 +37,8 @@ from core.io import atomic_path, write_json
 from core.layout import read_labels
 from core.loader import load_classifier
 from core.splits import load_split
-from pipeline import compression, distribution
+from pipeline import compression, distribution, interrupt
+from pipeline.interrupt import Interrupted, StopRequest
 from pipeline.config import Config
 from pipeline.distillation import compile_distillation, with_teacher
 from pipeline.resume import TrainingCheckpoint
@@ -110,9 +111,23 @@ class Progress:
         log.info("[optimize] %s: %d epoch(s)", title, epochs)
         self._replay(train_ds, start)
         if start < epochs:
-            fit_model.fit(train_ds, validation_data=val_ds, epochs=epochs, initial_epoch=start, verbose=verbose,
-                          callbacks=[*callbacks, _SaveEachEpoch(self, phase, trackables)])
+            # As fine-tuning does: a signal only sets a flag, which a callback reads between two batches.
+            # A KeyboardInterrupt raised inside TensorFlow's native calls can be lost (seen once in CI:
+            # a SIGINT during QAT's second epoch, and the run went on to publish).
+            with interrupt.deferred() as stop:
+                fit_model.fit(train_ds, validation_data=val_ds, epochs=epochs, initial_epoch=start, verbose=verbose,
+                              callbacks=[*callbacks, _SaveEachEpoch(self, phase, trackables, stop)])
+                if stop.signum is not None:  # a signal after the last batch still stops before the phase's output is written
+                    raise self.interrupted(stop.signum, phase)
         return self.val(phase)
+
+    def interrupted(self, signum: int, phase: str) -> Interrupted:
+        epoch = self.state["epoch"] if self.state["phase"] == phase else 0
+        if not epoch:
+            return Interrupted(signum, f"optimize stopped in {phase} before its first epoch ended; finished phases "
+                                       "are kept and the next run starts this one over.")
+        return Interrupted(signum, f"optimize stopped; its checkpoint after {phase} epoch {epoch} is in "
+                                   f"{self.checkpoint.directory}, and the next run resumes from it.")
 
     def saved_epoch(self, phase: str, epoch: int, val_accuracy, trackables) -> None:
         self.state["epoch"] = epoch
@@ -129,9 +144,14 @@ class Progress:
 
 
 class _SaveEachEpoch(keras.callbacks.Callback):
-    def __init__(self, progress: Progress, phase: str, trackables: dict):
+    def __init__(self, progress: Progress, phase: str, trackables: dict, stop: StopRequest):
         super().__init__()
-        self.progress, self.phase, self.trackables = progress, phase, trackables
+        self.progress, self.phase, self.trackables, self.stop = progress, phase, trackables, stop
+
+    def on_train_batch_begin(self, batch, logs=None):
+        # Before the batch: the checkpoint on disk is the last whole epoch's.
+        if self.stop.signum is not None:
+            raise self.progress.interrupted(self.stop.signum, self.phase)
 
     def on_epoch_end(self, epoch, logs=None):
         self.progress.saved_epoch(self.phase, epoch + 1, (logs or {}).get("val_accuracy"), self.trackables)
