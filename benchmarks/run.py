@@ -36,6 +36,9 @@ log = logging.getLogger("pipeline")
 
 SCHEMA_VERSION = 2
 MIB = 1024 * 1024
+# Idle seconds after the Keras model's fewer-thread slice before the next block: its TensorFlow worker's
+# threads go quiet before a file is timed again.
+SETTLE_SECONDS = 0.5
 
 
 class BenchmarkError(PipelineError):
@@ -133,7 +136,7 @@ def measure(plan: list[tuple[Target, list[dict]]], inputs: Path, settings, work:
         # Only a target timed in one stretch may stop early once its medians are stable.
         one = settings.blocks == 1
         done = 0.0
-        for _ in range(settings.blocks):
+        for block in range(settings.blocks):
             for (target, _), group in zip(plan, groups):
                 spent = interleave(group, min_runs=settings.min_runs if one else 1,
                                    max_runs=math.ceil(settings.max_runs / settings.blocks),
@@ -144,14 +147,19 @@ def measure(plan: list[tuple[Target, list[dict]]], inputs: Path, settings, work:
                 done += spent
                 if bar is not None:
                     bar(done, min(len(w.times) for g in groups for w in g))
-        # The Keras model at fewer threads is timed after every target's files, in a slice of its own:
-        # beside the files, or in a slice between targets, its TensorFlow worker made the next 2-thread
-        # files' p90 1.2-1.9x their own (measured on flowers, 2-core host).
-        for group in fewer:
-            if group:
-                interleave(group, min_runs=1, max_runs=settings.max_runs, max_seconds=settings.max_seconds / 4,
-                           rel_ci=0.0, burst=settings.burst, burst_warmup=settings.burst_warmup,
-                           warmup=settings.warmup)
+            # The Keras model at fewer threads gets a slice of its own after each block's targets, so
+            # it is spread over the run like every file: timed in one stretch at the end, its p50
+            # followed whatever the host did in those seconds (flowers, 2 cores: the 1-thread Keras
+            # p50 was 6.94 ms in one bench and 5.71 ms in the next while every file agreed within
+            # 3%). Beside the files, or in a slice between targets, its TensorFlow worker made the
+            # next 2-thread files' p90 1.2-1.9x their own, so the next block starts after a pause.
+            for group in fewer:
+                if group:
+                    interleave(group, min_runs=1, max_runs=math.ceil(settings.max_runs / settings.blocks),
+                               max_seconds=settings.max_seconds / 4 / settings.blocks, rel_ci=0.0,
+                               burst=settings.burst, burst_warmup=settings.burst_warmup, warmup=settings.warmup)
+            if any(fewer) and block + 1 < settings.blocks:
+                time.sleep(SETTLE_SECONDS)
         out = {k: {"worker": w, "memory": w.ask(op="memory"), "probs": None} for k, w in workers.items()}
         origin = {(t.name, e["key"]): e["origin"] for t, entries in plan for e in entries}
         # Reference files have other labels; the Keras model at fewer threads predicts what it does at the target's.

@@ -594,3 +594,45 @@ def test_a_targets_accuracy_budget_fails_a_file_only_when_its_whole_interval_is_
     (failure,) = _budget_failures(target, rows[30])
     assert failure.startswith("top-1 -11.11 pp vs Keras (95% ") and failure.endswith("over the 1 pp budget")
     assert _budget_notes(rows[30]) == []
+
+
+def test_the_keras_model_at_fewer_threads_is_timed_in_every_block_after_the_targets(monkeypatch):
+    """Issue 21: timed in one stretch at the end, the 1-thread Keras p50 moved 18% between two benches."""
+    from types import SimpleNamespace
+
+    from benchmarks import run
+    from benchmarks.candidates import KERAS_KEY
+
+    class FakeWorker:
+        def __init__(self, key, path, runtime, threads, inputs, log=None):
+            self.key, self.threads, self.times = key, threads, []
+
+        def start(self):
+            return self
+
+        def ask(self, op, **_):
+            return {"memory": {}, "predict": {"probs": [[1.0]]}}.get(op, {})
+
+        def close(self):
+            pass
+
+    slices, sleeps = [], []
+
+    def fake_interleave(group, **kwargs):
+        slices.append(([f"{w.key}@{w.threads}" for w in group], kwargs["max_seconds"]))
+        return kwargs["max_seconds"]
+
+    monkeypatch.setattr(run, "Worker", FakeWorker)
+    monkeypatch.setattr(run, "interleave", fake_interleave)
+    monkeypatch.setattr(run.time, "sleep", sleeps.append)
+    big = SimpleNamespace(name="big", host_threads=lambda: 2)
+    little = SimpleNamespace(name="little", host_threads=lambda: 1)
+    entries = [{"key": "a.tflite", "path": "a", "runtime": "litert", "origin": "build"},
+               {"key": KERAS_KEY, "path": "m.keras", "runtime": "keras", "origin": "keras"}]
+    settings = SimpleNamespace(blocks=3, max_seconds=12.0, max_runs=300, min_runs=5, rel_ci=0.01, burst=20,
+                               burst_warmup=5, warmup=10)
+    run.measure([(big, entries), (little, entries)], Path("in.npz"), settings, Path("work"), progress=False)
+    block = [(["a.tflite@2", f"{KERAS_KEY}@2"], 4.0), (["a.tflite@1", f"{KERAS_KEY}@1"], 4.0),
+             ([f"{run.keras_key(1)}@1"], 1.0)]
+    assert slices == block * 3  # the little target has no thread count below its own
+    assert sleeps == [run.SETTLE_SECONDS] * 2  # between blocks, not after the last
