@@ -114,11 +114,13 @@ class Progress:
             # As fine-tuning does: a signal only sets a flag, which a callback reads between two batches.
             # A KeyboardInterrupt raised inside TensorFlow's native calls can be lost (seen once in CI:
             # a SIGINT during QAT's second epoch, and the run went on to publish).
-            with interrupt.deferred() as stop:
-                fit_model.fit(train_ds, validation_data=val_ds, epochs=epochs, initial_epoch=start, verbose=verbose,
-                              callbacks=[*callbacks, _SaveEachEpoch(self, phase, trackables, stop)])
-                if stop.signum is not None:  # a signal after the last batch still stops before the phase's output is written
-                    raise self.interrupted(stop.signum, phase)
+            try:
+                with interrupt.deferred() as stop:
+                    fit_model.fit(train_ds, validation_data=val_ds, epochs=epochs, initial_epoch=start,
+                                  verbose=verbose, callbacks=[*callbacks, _SaveEachEpoch(self, phase, trackables, stop)])
+                    stop.check()  # a signal after the last batch still stops before the phase's output is written
+            except Interrupted as exc:
+                raise self.interrupted(exc.signum, phase) from None
         return self.val(phase)
 
     def interrupted(self, signum: int, phase: str) -> Interrupted:
@@ -149,9 +151,7 @@ class _SaveEachEpoch(keras.callbacks.Callback):
         self.progress, self.phase, self.trackables, self.stop = progress, phase, trackables, stop
 
     def on_train_batch_begin(self, batch, logs=None):
-        # Before the batch: the checkpoint on disk is the last whole epoch's.
-        if self.stop.signum is not None:
-            raise self.progress.interrupted(self.stop.signum, self.phase)
+        self.stop.check()  # before the batch: the checkpoint on disk is the last whole epoch's
 
     def on_epoch_end(self, epoch, logs=None):
         self.progress.saved_epoch(self.phase, epoch + 1, (logs or {}).get("val_accuracy"), self.trackables)
