@@ -32,6 +32,9 @@ class ExportContext:
     # The integer types of activations and weights, where the quantizer offers a choice
     # (the format row's ``int8_types``; "" is its first, the default).
     int8_types: str = ""
+    # "adaptive": the convolutions' weights rounded as the calibration images' layer inputs favour,
+    # with bias correction (``exporters.rounding``); "nearest": the quantizer's own rounding.
+    weight_rounding: str = "nearest"
 
 
 class Converter:

@@ -199,13 +199,32 @@ class ONNXInt8(Converter):
             def get_next(self):
                 return next(self._batches, None)
 
+        types = ctx.int8_types or self.int8_types[0]
+        if types not in _TYPES:
+            raise ValueError(f"{self.format}: unknown int8 types {types!r}; valid: {', '.join(_TYPES)}")
+        activations, weights, reduce_range = _TYPES[types]
+        if ctx.weight_rounding != "nearest" and weights != "QInt8":
+            raise ValueError(f"{self.format}: {ctx.weight_rounding} weight rounding needs symmetric int8 weights, "
+                             f"not {types}")
+
+        def prepare(fold, tmp: Path) -> Path:
+            if ctx.weight_rounding == "nearest":
+                return _prepared_once(model, fold, tmp, ctx)
+            from exporters.rounding import rounded
+
+            source = model if fold is None else fold.model
+            images = ctx.calibration_images if fold is None else fold.normalize(ctx.calibration_images)
+            # onnxruntime's symmetric int8 weights: 127 steps a side, 64 with reduce_range.
+            return _prepared_fp32(rounded(source, images, ctx.weight_rounding, 64 if reduce_range else 127,
+                                          keep_float=float_layers), tmp, ctx)
+
         with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
-            prepared = _prepared_once(model, fold, Path(tmp), ctx)
+            prepared = prepare(fold, Path(tmp))
             excluded = float_layer_nodes(prepared, float_layers, self.format)
             if fold is not None and _reads_model_input(prepared, excluded):
                 # The same, where tf2onnx dropped a no-op layer between the two (Keras saw none).
                 fold = None
-                prepared = _prepared_once(model, None, Path(tmp), ctx)
+                prepared = prepare(None, Path(tmp))
                 excluded = float_layer_nodes(prepared, float_layers, self.format)
             calibration = ctx.calibration_images if fold is None else fold.normalize(ctx.calibration_images)
             method, options = _CALIBRATION[ctx.calibration_method]
@@ -223,10 +242,6 @@ class ONNXInt8(Converter):
             # model on an AVX2-only AMD EPYC: top-1 agreement with Keras 0.856 without it,
             # 0.985 with it (270 test images); the file ships to such edge boxes too.
             # (stdout: the percentile calibrator prints its settings; the run log is about our stages.)
-            types = ctx.int8_types or self.int8_types[0]
-            if types not in _TYPES:
-                raise ValueError(f"{self.format}: unknown int8 types {types!r}; valid: {', '.join(_TYPES)}")
-            activations, weights, reduce_range = _TYPES[types]
             with contextlib.redirect_stdout(io.StringIO()), quantizer_notes(self.format):
                 quantize_static(
                     str(prepared), str(path), Reader(calibration),

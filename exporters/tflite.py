@@ -140,6 +140,10 @@ def convert_full_integer(model, ctx: ExportContext, configure, quantize=None) ->
     if fold is not None:
         model = fold.model
         ctx = replace(ctx, calibration_images=fold.normalize(ctx.calibration_images))
+    from exporters.rounding import rounded
+
+    # A mixed file's float layers keep their trained weights.
+    model = rounded(model, ctx.calibration_images, ctx.weight_rounding, levels=127, keep_float=ctx.float_layers)
     converter = keras_converter(model)
     configure(converter, ctx)
     # ``quantize(converter, model, ctx)``: a converter that quantizes the calibrated model itself

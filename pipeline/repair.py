@@ -50,6 +50,7 @@ class Recipe:
     calibration_method: str = "minmax"
     float_layers: tuple[str, ...] = ()
     int8_types: str = ""  # "": the format's default
+    weight_rounding: str = "nearest"  # or "adaptive" (exporters.rounding)
 
     def as_dict(self) -> dict:
         return {**asdict(self), "float_layers": list(self.float_layers)}
@@ -57,13 +58,14 @@ class Recipe:
     @classmethod
     def from_dict(cls, d: dict) -> "Recipe":
         return cls(int(d["calibration_images"]), str(d["calibration_method"]), tuple(d["float_layers"]),
-                   str(d.get("int8_types", "")))
+                   str(d.get("int8_types", "")), str(d.get("weight_rounding", "nearest")))
 
     def describe(self) -> str:
         floats = f", {len(self.float_layers)} float layer(s) ({', '.join(self.float_layers)})" \
             if self.float_layers else ""
         types = f", {self.int8_types}" if self.int8_types else ""
-        return f"{self.calibration_method} on {self.calibration_images} calibration images{types}{floats}"
+        rounding = ", adaptive weight rounding" if self.weight_rounding == "adaptive" else ""
+        return f"{self.calibration_method} on {self.calibration_images} calibration images{types}{rounding}{floats}"
 
 
 @dataclass(frozen=True)
@@ -118,7 +120,8 @@ def calibration_candidates(base: Recipe, methods: tuple[str, ...], train_size: i
     for count in counts:
         for kind in types or ("",):
             for method in methods if count == base.calibration_images else methods[:1]:
-                recipe = Recipe(count, method, base.float_layers, "" if kind == (types or ("",))[0] else kind)
+                recipe = Recipe(count, method, base.float_layers, "" if kind == (types or ("",))[0] else kind,
+                                base.weight_rounding)
                 if recipe != base:
                     out.append(recipe)
     return out
@@ -127,8 +130,8 @@ def calibration_candidates(base: Recipe, methods: tuple[str, ...], train_size: i
 def float_candidates(base: Recipe, ranking: list[str], max_layers: int) -> list[Recipe]:
     """The fewest most sensitive layers first: 1, 2, 3, 5... of ``ranking``, up to ``max_layers``."""
     steps = sorted({min(k, max_layers, len(ranking)) for k in FLOAT_LAYER_STEPS} - {0})
-    return [Recipe(base.calibration_images, base.calibration_method, tuple(ranking[:k]), base.int8_types)
-            for k in steps]
+    return [Recipe(base.calibration_images, base.calibration_method, tuple(ranking[:k]), base.int8_types,
+                   base.weight_rounding) for k in steps]
 
 
 def better(a: Attempt, b: Attempt) -> bool:

@@ -223,7 +223,7 @@ class Publishing:
         chosen = calibration_indices(len(self.train), recipe.calibration_images, self.cfg.data.seed)
         return replace(self.export_ctx, calibration_images=self.train[chosen].astype(np.float32),
                        calibration_method=recipe.calibration_method, float_layers=recipe.float_layers,
-                       int8_types=recipe.int8_types)
+                       int8_types=recipe.int8_types, weight_rounding=recipe.weight_rounding)
 
     def layer_sensitivity(self) -> list:
         """The fine-tuned model's layers, most sensitive to int8 first (TFLite's debugger)."""
