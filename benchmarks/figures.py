@@ -206,6 +206,8 @@ def _recipe_text(recipe: Optional[dict]) -> str:
         return "—"
     floats = recipe.get("float_layers") or []
     types = f", {recipe['int8_types']}" if recipe.get("int8_types") else ""
+    if recipe.get("weight_rounding"):
+        types += f", {recipe['weight_rounding']} rounding"
     return (f"{recipe.get('calibration_method')} on {recipe.get('calibration_images')} images{types}"
             + (f", float: {', '.join(floats)}" if floats else ""))
 

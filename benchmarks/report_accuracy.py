@@ -126,7 +126,8 @@ def repair_tables(results: dict) -> list[tuple[dict, list[tuple[bool, list[str]]
             chosen = recipe == a.get("recipe")
             rows.append((chosen, [
                 str(i), recipe.get("calibration_method", "–") + (f", {recipe['int8_types']}" if recipe.get("int8_types")
-                                                                   else ""),
+                                                                   else "")
+                + (f", {recipe['weight_rounding']} rounding" if recipe.get("weight_rounding") else ""),
                 str(recipe.get("calibration_images", "–")),
                 _float_layers_text(recipe.get("float_layers") or []),
                 agreement_text(val.get("agreement"), val.get("agreement_interval")),

@@ -55,6 +55,10 @@ class Converter:
     def export(self, model, path: Path, ctx: ExportContext) -> None:  # pragma: no cover - interface
         raise NotImplementedError
 
+    def unsupported(self, int8_types: str, weight_rounding: str) -> str | None:
+        """Why this converter cannot make that combination of integer types and weight rounding; None if it can."""
+        return None
+
     def keepable_float_layers(self, model, layers: list[str], ctx: ExportContext) -> list[str]:
         """Those of ``layers`` (Keras layer names, in order) this format can keep in float for ``model``.
 

@@ -202,10 +202,10 @@ class ONNXInt8(Converter):
         types = ctx.int8_types or self.int8_types[0]
         if types not in _TYPES:
             raise ValueError(f"{self.format}: unknown int8 types {types!r}; valid: {', '.join(_TYPES)}")
+        refused = self.unsupported(types, ctx.weight_rounding)
+        if refused:
+            raise ValueError(f"{self.format}: {refused}")
         activations, weights, reduce_range = _TYPES[types]
-        if ctx.weight_rounding != "nearest" and weights != "QInt8":
-            raise ValueError(f"{self.format}: {ctx.weight_rounding} weight rounding needs symmetric int8 weights, "
-                             f"not {types}")
 
         def prepare(fold, tmp: Path) -> Path:
             if ctx.weight_rounding == "nearest":
@@ -260,6 +260,14 @@ class ONNXInt8(Converter):
         canonicalize(proto)
         onnx.checker.check_model(proto)
         path.write_bytes(proto.SerializeToString())
+
+
+    def unsupported(self, int8_types: str, weight_rounding: str) -> str | None:
+        # exporters.rounding writes weights on a symmetric grid; uint8 weights are asymmetric.
+        types = int8_types or self.int8_types[0]
+        if weight_rounding != "nearest" and types in _TYPES and _TYPES[types][1] != "QInt8":
+            return f"{weight_rounding} weight rounding needs symmetric int8 weights, not {types}"
+        return None
 
 
 class ONNXInt8Mixed(ONNXInt8):

@@ -86,6 +86,9 @@ class Format:
     calibration_methods: ClassVar[tuple[str, ...]] = ()
     # Integer types of activations and weights the repair may choose from, the default first.
     int8_types: ClassVar[tuple[str, ...]] = ()
+    # How its converter rounds the weights (exporters.rounding), the default first; the repair
+    # tries the others. Empty: the quantizer's own rounding, nothing to choose.
+    weight_roundings: ClassVar[tuple[str, ...]] = ()
     float_fallback: ClassVar[bool] = False
     # A mixed format's all-int8 counterpart: the benchmark reports the mixed file's latency against it.
     all_int8: ClassVar[Optional[str]] = None
@@ -208,6 +211,7 @@ class TFLiteInt8(Lossy, Format):
     needs_calibration = True
     fully_integer = True
     calibration_methods = ("minmax",)
+    weight_roundings = ("adaptive", "nearest")
 
 
 @register("tflite-int8-mixed")
@@ -227,6 +231,7 @@ class TFLiteQATInt8(TFLiteInt8):
     description = "TFLite full-integer int8 of the quantization-aware-trained model"
     source = "qat"
     calibration_methods = ()  # its ranges were learned
+    weight_roundings = ()  # and its weights trained for the grid
 
 
 @register("tflite-pruned-int8")
@@ -237,6 +242,7 @@ class TFLitePrunedInt8(TFLiteInt8):
     source = "pruned-qat"
     max_accuracy_drop_pp = 2.0
     calibration_methods = ()
+    weight_roundings = ()
 
 
 @register("onnx-fp32")
@@ -257,6 +263,7 @@ class ONNXInt8(Lossy, Format):
     # u8s8-7bit: uint8 activations, int8 weights in 7 bits (fastest on x86, and safe without VNNI);
     # s8s8 and u8u8 at full range (see exporters.onnx._TYPES for what each costs where).
     int8_types = ("u8s8-7bit", "s8s8", "u8u8")
+    weight_roundings = ("adaptive", "nearest")  # adaptive needs symmetric int8 weights: not u8u8
 
 
 @register("onnx-int8-mixed")

@@ -142,37 +142,46 @@ def _patches(x, layer):
     from core.keras_compat import tf
 
     kh, kw = layer.kernel_size
+    channels = x.shape[-1]
+    if (kh, kw) == (1, 1) and tuple(layer.strides) == (1, 1):
+        return tf.reshape(x, [-1, 1, channels])
     patches = tf.image.extract_patches(x, sizes=[1, kh, kw, 1], strides=[1, *layer.strides, 1],
                                        rates=[1, *layer.dilation_rate, 1], padding=layer.padding.upper())
-    channels = x.shape[-1]
     return tf.reshape(patches, [-1, kh * kw, channels])
 
 
 def _input_moments(model, found: list[Fold], images: np.ndarray, batch: int) -> dict:
-    """Per layer: the mean input patch, and for depthwise layers the per-channel patch covariance."""
+    """Per layer: the mean input patch, and for depthwise layers the per-channel patch covariance.
+
+    The second moments are summed in float32 about a shift (the first batch's mean), so that
+    subtracting the mean's square at the end does not cancel away the variance; measured on
+    flowers' MobileNetV2 (200 images, 128 px), float64 einsums took 18 of 35 s.
+    """
     from core.keras_compat import keras, tf
 
     probe = keras.Model(model.inputs, [f.conv.input for f in found])
-    sums, outer, count = {}, {}, {}
+    sums, outer, count, shift = {}, {}, {}, {}
     for start in range(0, len(images), batch):
         outputs = probe(tf.constant(images[start:start + batch], tf.float32), training=False)
         outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
         for fold, x in zip(found, outputs):
             p = _patches(x, fold.conv)  # [N, K, C]
             name = fold.conv.name
-            sums[name] = sums.get(name, 0) + tf.reduce_sum(tf.cast(p, tf.float64), 0).numpy()
+            sums[name] = sums.get(name, 0) + tf.reduce_sum(p, 0).numpy().astype(np.float64)
             count[name] = count.get(name, 0) + int(p.shape[0])
             if fold.depthwise:
-                p64 = tf.cast(p, tf.float64)
-                outer[name] = outer.get(name, 0) + tf.einsum("nkc,nlc->ckl", p64, p64).numpy()
+                if name not in shift:
+                    shift[name] = tf.reduce_mean(p, 0)
+                centred = p - shift[name]
+                outer[name] = outer.get(name, 0) + tf.einsum("nkc,nlc->ckl", centred, centred).numpy().astype(np.float64)
     moments = {}
     for fold in found:
         name = fold.conv.name
         mean = sums[name] / count[name]  # [K, C]
         covariance = None
         if fold.depthwise:
-            mean_c = mean.T  # [C, K]
-            covariance = outer[name] / count[name] - np.einsum("ck,cl->ckl", mean_c, mean_c)
+            offset = (mean - shift[name].numpy().astype(np.float64)).T  # [C, K]
+            covariance = outer[name] / count[name] - np.einsum("ck,cl->ckl", offset, offset)
         moments[name] = (mean, covariance)
     return moments
 

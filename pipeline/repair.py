@@ -6,9 +6,11 @@ When that file's verdict on the validation split is ``over`` its budget
 ``export.repair_min_agreement``, the search converts the cheapest variants first,
 stops at the first that is neither, and keeps the best one:
 
-1. the calibration side, for every post-training format: more calibration images
-   (the first of the same seeded order, so 200 are among the 1,000), and the
-   methods its quantizer offers (onnxruntime's Percentile besides MinMax);
+1. the calibration side, for every post-training format: the methods and integer
+   types its quantizer offers (onnxruntime's Percentile besides MinMax), the other
+   weight rounding (``exporters.rounding``: the format's default is adaptive, so
+   nearest), then more calibration images (the first of the same seeded order, so
+   200 are among the 1,000);
 2. for the mixed formats (``tflite-int8-mixed``, ``onnx-int8-mixed``) only: the
    1, 2, 3... most sensitive layers kept in float, from the ranking of
    ``exporters.sensitivity``. A fully integer format never gets float layers.
@@ -26,7 +28,7 @@ import hashlib
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -106,9 +108,13 @@ def score(probs: np.ndarray, val: Validation, budget_pp: float, min_agreement: f
 
 
 def calibration_candidates(base: Recipe, methods: tuple[str, ...], train_size: int,
-                           types: tuple[str, ...] = ()) -> list[Recipe]:
+                           types: tuple[str, ...] = (), roundings: tuple[str, ...] = (),
+                           unsupported: Optional[Callable[[str, str], Optional[str]]] = None) -> list[Recipe]:
     """Quantizer-side variants after ``base``, cheapest first: other methods and integer types on the same
-    images, then more images with the first method (MinMax).
+    images, the other weight roundings, then more images with the first method (MinMax).
+
+    ``unsupported(int8_types, weight_rounding)``: the converter's reason it cannot make that pair
+    (``Converter.unsupported``); such a variant is tried with nearest rounding instead.
 
     Only MinMax gets more images: onnxruntime's histogram calibrators (Percentile) hold every
     activation of every calibration image in memory (measured on flowers' MobileNetV2 at 128 px:
@@ -124,7 +130,12 @@ def calibration_candidates(base: Recipe, methods: tuple[str, ...], train_size: i
                                 base.weight_rounding)
                 if recipe != base:
                     out.append(recipe)
-    return out
+        if count == base.calibration_images:
+            out += [replace(base, weight_rounding=r) for r in roundings if r != base.weight_rounding]
+    if unsupported is not None:
+        out = [replace(r, weight_rounding="nearest") if unsupported(r.int8_types, r.weight_rounding) else r
+               for r in out]
+    return [r for r in dict.fromkeys(out) if r != base]
 
 
 def float_candidates(base: Recipe, ranking: list[str], max_layers: int) -> list[Recipe]:

@@ -165,3 +165,16 @@ def test_a_recipe_records_its_rounding_and_an_older_record_reads_as_nearest():
     assert "adaptive weight rounding" in recipe.describe()
     old = {"calibration_images": 200, "calibration_method": "minmax", "float_layers": []}
     assert repair.Recipe.from_dict(old).weight_rounding == "nearest"
+
+
+def test_the_search_tries_the_other_rounding_before_more_images_and_uint8_weights_with_nearest():
+    from exporters.onnx import ONNXInt8
+    from pipeline import repair
+
+    base = repair.Recipe(200, weight_rounding="adaptive")
+    candidates = repair.calibration_candidates(base, ("minmax", "percentile"), 3000, ("u8s8-7bit", "s8s8", "u8u8"),
+                                               ("adaptive", "nearest"), unsupported=ONNXInt8().unsupported)
+    assert [(c.calibration_images, c.calibration_method, c.int8_types, c.weight_rounding) for c in candidates] == [
+        (200, "percentile", "", "adaptive"), (200, "minmax", "s8s8", "adaptive"), (200, "percentile", "s8s8", "adaptive"),
+        (200, "minmax", "u8u8", "nearest"), (200, "percentile", "u8u8", "nearest"), (200, "minmax", "", "nearest"),
+        (1000, "minmax", "", "adaptive"), (1000, "minmax", "s8s8", "adaptive"), (1000, "minmax", "u8u8", "nearest")]

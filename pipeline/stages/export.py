@@ -29,7 +29,7 @@ import os
 import platform
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import metadata
 from pathlib import Path
 
@@ -216,8 +216,6 @@ class Publishing:
 
     def context(self, recipe: "repair.Recipe | None") -> convert.ExportContext:
         """The converters' context for ``recipe`` (None: the config's own calibration)."""
-        from dataclasses import replace
-
         if recipe is None:
             return self.export_ctx
         chosen = calibration_indices(len(self.train), recipe.calibration_images, self.cfg.data.seed)
@@ -448,7 +446,7 @@ def _choose_recipe(job: Publishing, fmt: str, model):
     cfg, spec = job.cfg, registry.get(fmt)
     if not _post_training(fmt):
         return None, None, None
-    base = repair.Recipe(cfg.export.calibration_samples)
+    base = repair.Recipe(cfg.export.calibration_samples, weight_rounding=(spec.weight_roundings or ("nearest",))[0])
     if spec.all_int8 in job.chosen:
         # A mixed file starts from what its all-int8 counterpart chose (calibration, integer
         # types): float layers are the costlier fix, tried on top of the cheaper ones.
@@ -456,7 +454,7 @@ def _choose_recipe(job: Publishing, fmt: str, model):
     budget = cfg.export.budgets.get(fmt, spec.max_accuracy_drop_pp)
     searching = spec.float_fallback or cfg.export.repair
     key = repair.recipe_key(
-        search=3,  # the rules of pipeline.repair.score and better: a new rule searches again
+        search=4,  # the rules of pipeline.repair.score and better: a new rule searches again
         format=fmt, model=sha256_file(job.ctx.path(layout.MODEL)), base=base.as_dict(), seed=cfg.data.seed,
         budget=budget, min_agreement=cfg.export.repair_min_agreement, searching=searching,
         max_float_layers=cfg.export.repair_max_float_layers, int8=[cfg.export.int8_input, cfg.export.int8_output],
@@ -498,7 +496,8 @@ def _choose_recipe(job: Publishing, fmt: str, model):
             log.info("[export] %-14s val agreement %.4f, Δ top-1 %+.2f pp (%s)%s", fmt, figures["agreement"],
                      figures["delta_pp"], figures["verdict"], "" if settled else ": repairing on the validation split")
             candidates = repair.calibration_candidates(base, spec.calibration_methods, len(job.train),
-                                                       spec.int8_types)
+                                                       spec.int8_types, spec.weight_roundings,
+                                                       unsupported=convert.get(fmt).unsupported)
             best, attempts = repair.search(candidates, build, job.ref.val, budget, cfg.export.repair_min_agreement,
                                            first)
     except Exception as exc:
