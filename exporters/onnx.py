@@ -215,8 +215,9 @@ class ONNXInt8(Converter):
             source = model if fold is None else fold.model
             images = ctx.calibration_images if fold is None else fold.normalize(ctx.calibration_images)
             # onnxruntime's symmetric int8 weights: 127 steps a side, 64 with reduce_range.
-            return _prepared_fp32(rounded(source, images, ctx.weight_rounding, 64 if reduce_range else 127,
-                                          keep_float=float_layers), tmp, ctx)
+            # (The rounded copy is the model to convert, normalization included or not: no fold.)
+            return _prepared_once(rounded(source, images, ctx.weight_rounding, 64 if reduce_range else 127,
+                                          keep_float=float_layers), None, tmp, ctx)
 
         with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
             prepared = prepare(fold, Path(tmp))

@@ -31,6 +31,7 @@ reduce_range). The input model is not changed: a copy is.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import logging
 from dataclasses import dataclass
@@ -81,6 +82,9 @@ def folds(model) -> list[Fold]:
         depthwise = isinstance(layer, keras.layers.DepthwiseConv2D)
         if not depthwise and not (type(layer) is keras.layers.Conv2D and layer.groups == 1):
             continue
+        # Only what a converter folds: a linear, channels-last convolution.
+        if layer.activation is not keras.activations.linear or layer.data_format != "channels_last":
+            continue
         consumers = [node.outbound_layer for node in layer.outbound_nodes]
         if len(consumers) == 1 and isinstance(consumers[0], keras.layers.BatchNormalization) \
                 and consumers[0].axis in ([3], [-1], 3, -1) and consumers[0].center:
@@ -105,15 +109,38 @@ class LayerChange:
                 "error_after": float(f"{self.error_after:.4g}")}
 
 
+# The repair search converts one model many ways (other methods, integer types, float layers):
+# the layer statistics of one model on one set of images are measured once, and each rounded
+# copy is made once (which also lets exporters.onnx reuse its tf2onnx conversion).
+_MOMENTS: dict[tuple, tuple[object, dict]] = {}
+_ROUNDED: dict[tuple, tuple[object, object]] = {}
+_KEEP = 4
+
+
+def _remember(cache: dict, key: tuple, value: tuple) -> None:
+    while len(cache) >= _KEEP:
+        cache.pop(next(iter(cache)))
+    cache[key] = value  # the value holds the model, so its id is not reused while the entry lives
+
+
 def rounded(model, images: np.ndarray, rounding: str, levels: int, keep_float: tuple[str, ...] = ()):
     """``model`` as a quantizer should see it for ``rounding`` (see ``ROUNDINGS``): itself for "nearest"."""
     if rounding not in ROUNDINGS:
         raise ValueError(f"unknown weight rounding {rounding!r}; valid: {', '.join(ROUNDINGS)}")
     if rounding == "nearest":
         return model
+    key = (id(model), _digest(images), levels, tuple(sorted(keep_float)))
+    hit = _ROUNDED.get(key)
+    if hit is not None and hit[0] is model:
+        return hit[1]
     copy, changes = round_weights(model, images, levels, keep_float=keep_float)
     log.debug("weight rounding: %s", [c.as_dict() for c in changes])
+    _remember(_ROUNDED, key, (model, copy))
     return copy
+
+
+def _digest(images) -> str:
+    return "" if images is None else hashlib.sha256(np.ascontiguousarray(images).tobytes()).hexdigest()
 
 
 def round_weights(model, images: np.ndarray, levels: int = 127, batch: int = 16, keep_float: tuple[str, ...] = ()):
@@ -129,7 +156,14 @@ def round_weights(model, images: np.ndarray, levels: int = 127, batch: int = 16,
     found = [f for f in folds(copy) if f.conv.name not in keep_float]
     if not found or images is None or not len(images):
         return copy, []
-    moments = _input_moments(copy, found, images, batch)
+    key = (id(model), _digest(images))
+    hit = _MOMENTS.get(key)
+    if hit is None or hit[0] is not model:
+        # Measured on the copy before any weight changes: its graph is the model's alone (a layer of
+        # ``model`` may also belong to the keras.applications graph it was built in).
+        hit = (model, _input_moments(copy, folds(copy), images, batch))
+        _remember(_MOMENTS, key, hit)
+    moments = hit[1]
     changes = []
     for fold in found:
         mean, covariance = moments[fold.conv.name]

@@ -106,6 +106,7 @@ def test_a_calibrated_format_is_repaired_on_val_only_and_a_rebuild_reuses_the_re
     manifest = json.loads((cfg.build_root / layout.MANIFEST).read_text())
     (published,) = [a for a in manifest["artifacts"] if a["format"] == "tflite-int8-mixed"]
     assert published["recipe"]["float_layers"] == entry["recipe"]["float_layers"]
+    assert published["recipe"]["weight_rounding"] == entry["recipe"]["weight_rounding"] == "adaptive"  # the default
 
     # The rebuild: export runs again (its stamp is gone), with the search and the ranking forbidden.
     (cfg.build_root / layout.stamp("export")).unlink()
