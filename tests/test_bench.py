@@ -342,10 +342,14 @@ def test_gate_passes_on_itself_and_fails_on_regressions(built, tmp_path):
     assert same.returncode == 0, same.stdout + same.stderr
     assert "gate passed" in same.stdout
 
-    faster = copy.deepcopy(results)  # the baseline claims a 30% faster file
+    # The baseline claims a faster file: by 30%, or by more where the two runs' measured noise is larger
+    # (the gate forgives a rise within it; a CI host once measured more than the 43% that 30% faster is).
+    rows = {(r["target"], r["artifact"]): r for r in results["benchmark"]["rows"]}
+    noise = gate._noise(rows[("phone-little", "tflite-int8")], rows[("phone-little", "keras")]) * 2 ** 0.5
+    faster = copy.deepcopy(results)
     for row in faster["benchmark"]["rows"]:
         if (row["target"], row["artifact"]) == ("phone-little", "tflite-int8"):
-            row["ratio_to_keras"]["p50"] *= 0.7
+            row["ratio_to_keras"]["p50"] /= 1 + max(1 / 0.7 - 1, 2 * noise)
     out = _gate(faster, current, tmp_path)
     assert out.returncode == 1
     assert "tflite-int8 on phone-little: p50 latency ratio to Keras" in out.stdout
