@@ -6,11 +6,16 @@ For every file benchmarked on a target in both runs:
 
 - accuracy: its test top-1 may not fall by more than the target's
   ``regression.accuracy_pp`` percentage points;
-- latency: its p50 *ratio to the Keras model measured in the same run* may
-  not rise by more than ``regression.latency_pct`` percent **and** by more
-  than the noise both runs measured (the relative half-widths of the 95%
-  intervals of the four medians involved, root-sum-squared). Ratios, not milliseconds, so a baseline from a faster
-  or slower CI machine still applies.
+- latency: its p50 *ratio to the Keras model measured in the same run at the
+  file's own thread count* (``ratio_to_keras_at_threads``) may not rise by
+  more than ``regression.latency_pct`` percent **and** by more than the noise
+  both runs measured (the relative half-widths of the 95% intervals of the
+  four medians involved, root-sum-squared). Ratios, not milliseconds, so a
+  baseline from a faster or slower CI machine still applies; the same thread
+  count, so a host whose speed for multi-threaded work shifts between runs
+  moves the file and its reference together. A results.json from before that
+  field was recorded is compared on ``ratio_to_keras`` (Keras at its best
+  count), both runs alike.
 
 A file or target in the baseline that the new run lacks is a regression too.
 With ``--budgets`` the new run's own target budget failures also fail the gate.
@@ -63,9 +68,17 @@ def _keras(rows: dict, target: str) -> dict:
     return rows[(target, "keras")]
 
 
-def _noise(*rows: dict) -> float:
+def _noise(*noises: float) -> float:
     """Relative noise of a change in ratio: the medians' relative half-widths, combined as independent errors."""
-    return math.sqrt(sum(r["noise"] ** 2 for r in rows))
+    return math.sqrt(sum(n ** 2 for n in noises))
+
+
+def latency_ratio(row: dict, keras: dict, same_threads: bool) -> tuple[float, float]:
+    """The row's p50 ratio to Keras that the gate compares, and the noise of the Keras median behind it."""
+    if same_threads:
+        at = row["ratio_to_keras_at_threads"]
+        return at["p50"], at["keras_noise"]
+    return row["ratio_to_keras"]["p50"], keras["noise"]
 
 
 def compare(baseline: dict, current: dict, check_budgets: bool = False) -> list[str]:
@@ -87,11 +100,14 @@ def compare(baseline: dict, current: dict, check_budgets: bool = False) -> list[
             if drop > budget["accuracy_pp"]:
                 failures.append(f"{artifact} on {target}: top-1 {base['accuracy']['top1']:.4f} -> "
                                 f"{cur['accuracy']['top1']:.4f} ({-drop:+.2f} pp, budget -{budget['accuracy_pp']:g} pp)")
-        base_ratio, cur_ratio = base["ratio_to_keras"]["p50"], cur["ratio_to_keras"]["p50"]
+        same_threads = "ratio_to_keras_at_threads" in base and "ratio_to_keras_at_threads" in cur
+        base_ratio, base_keras_noise = latency_ratio(base, _keras(base_rows, target), same_threads)
+        cur_ratio, cur_keras_noise = latency_ratio(cur, _keras(cur_rows, target), same_threads)
         rise = cur_ratio / base_ratio - 1
-        noise = _noise(base, _keras(base_rows, target), cur, _keras(cur_rows, target))
+        noise = _noise(base["noise"], base_keras_noise, cur["noise"], cur_keras_noise)
         if rise > budget["latency_pct"] / 100 and rise > noise:
-            failures.append(f"{artifact} on {target}: p50 latency ratio to Keras {base_ratio:.3f} -> {cur_ratio:.3f} "
+            at = f" at {cur['threads']} thread(s)" if same_threads else ""
+            failures.append(f"{artifact} on {target}: p50 latency ratio to Keras{at} {base_ratio:.3f} -> {cur_ratio:.3f} "
                             f"({100 * rise:+.1f}%, budget +{budget['latency_pct']:g}%, measured noise ±{100 * noise:.1f}%)")
     if check_budgets:
         failures += [f"{f['artifact']} on {f['target']}: over budget: {'; '.join(f['reasons'])}"

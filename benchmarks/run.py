@@ -203,6 +203,7 @@ def target_rows(target: Target, entries: list[dict], measured: dict, seconds: fl
     by_format = {r["format"]: r for r in rows if r["origin"] == "build"}
     for e, row in zip(entries, rows):
         row["ratio_to_keras"] = _ratios(row, keras_row)
+        row["ratio_to_keras_at_threads"] = _ratio_at_threads(row, keras_row)
         sibling = registry.get(e["format"]).all_int8 if e["origin"] == "build" and e["format"] else None
         if sibling in by_format:
             # What keeping layers in float costs, measured beside the all-int8 file in the same run.
@@ -234,6 +235,19 @@ def target_rows(target: Target, entries: list[dict], measured: dict, seconds: fl
     return summary, rows
 
 
+def _ratio_at_threads(row: dict, keras: dict) -> dict:
+    """The p50 over the Keras model's at the row's own thread count (what the gate compares).
+
+    A host whose speed for 2-thread work shifts between runs moves a 2-thread file and
+    Keras at 2 threads together, but not Keras at its best count (often 1): this ratio
+    cancels that shift, ``ratio_to_keras`` does not.
+    """
+    kt = keras["keras_threads"]
+    n = str(row["threads"])
+    return {"p50": round(row["latency_ms"]["p50"] / kt["p50_ms"][n], 6), "keras_threads": row["threads"],
+            "keras_noise": kt["noise"][n]}
+
+
 def keras_key(threads: int) -> str:
     """The worker key of the Keras reference timed at ``threads`` below its target's count."""
     return f"{KERAS_KEY}@{threads}"
@@ -248,9 +262,11 @@ def _keras_at_its_best(row: dict, fewer: dict) -> None:
     """
     measured = {t: _measured_fields(m["worker"], m["memory"]) for t, m in fewer.items()}
     p50 = {row["threads"]: row["latency_ms"]["p50"], **{t: f["latency_ms"]["p50"] for t, f in measured.items()}}
+    noise = {row["threads"]: row["noise"], **{t: f["noise"] for t, f in measured.items()}}
     best = min(p50, key=lambda t: (p50[t], t))
     row["keras_threads"] = {"chosen": best, "target": row["threads"],
-                            "p50_ms": {str(t): p50[t] for t in sorted(p50)}}
+                            "p50_ms": {str(t): p50[t] for t in sorted(p50)},
+                            "noise": {str(t): noise[t] for t in sorted(noise)}}
     if best != row["threads"]:
         row.update(threads=best, **measured[best])
 

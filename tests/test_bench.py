@@ -345,11 +345,12 @@ def test_gate_passes_on_itself_and_fails_on_regressions(built, tmp_path):
     # The baseline claims a faster file: by 30%, or by more where the two runs' measured noise is larger
     # (the gate forgives a rise within it; a CI host once measured more than the 43% that 30% faster is).
     rows = {(r["target"], r["artifact"]): r for r in results["benchmark"]["rows"]}
-    noise = gate._noise(rows[("phone-little", "tflite-int8")], rows[("phone-little", "keras")]) * 2 ** 0.5
+    file = rows[("phone-little", "tflite-int8")]
+    noise = gate._noise(file["noise"], file["ratio_to_keras_at_threads"]["keras_noise"]) * 2 ** 0.5
     faster = copy.deepcopy(results)
     for row in faster["benchmark"]["rows"]:
         if (row["target"], row["artifact"]) == ("phone-little", "tflite-int8"):
-            row["ratio_to_keras"]["p50"] /= 1 + max(1 / 0.7 - 1, 2 * noise)
+            row["ratio_to_keras_at_threads"]["p50"] /= 1 + max(1 / 0.7 - 1, 2 * noise)
     out = _gate(faster, current, tmp_path)
     assert out.returncode == 1
     assert "tflite-int8 on phone-little: p50 latency ratio to Keras" in out.stdout
@@ -368,12 +369,12 @@ def test_gate_rise_within_noise_or_budget_passes(built):
     results = built[2]
     slower = copy.deepcopy(results)
     for row in slower["benchmark"]["rows"]:
-        row["ratio_to_keras"]["p50"] *= 1.05  # 5%: inside the 10% budget
+        row["ratio_to_keras_at_threads"]["p50"] *= 1.05  # 5%: inside the 10% budget
     assert gate.compare(results, slower) == []
     noisy = copy.deepcopy(slower)
     for row in noisy["benchmark"]["rows"]:
-        row["ratio_to_keras"]["p50"] *= 1.2  # 26% in all, but the runs measured ±20% noise
-        row["noise"] = 0.2
+        row["ratio_to_keras_at_threads"]["p50"] *= 1.2  # 26% in all, but the runs measured ±20% noise
+        row["noise"] = row["ratio_to_keras_at_threads"]["keras_noise"] = 0.2
     assert gate.compare(results, noisy) == []
     # --budgets: the new run's own budget failures fail the gate too.
     over = copy.deepcopy(results)
@@ -383,6 +384,35 @@ def test_gate_rise_within_noise_or_budget_passes(built):
     missing = copy.deepcopy(results)
     missing["benchmark"]["rows"] = [r for r in missing["benchmark"]["rows"] if r["artifact"] != "onnx-fp32"]
     assert gate.compare(results, missing) == ["onnx-fp32 on edge-box: benchmarked in the baseline, missing now (the file is gone)"]
+
+
+def test_gate_compares_each_file_with_keras_at_the_files_own_thread_count(built):
+    """Issue 21: a host's shift in multi-threaded speed moves a 2-thread file and Keras at 2 threads together."""
+    results = built[2]
+    several = {t["name"] for t in results["benchmark"]["targets"] if t["threads"] > 1}
+    assert several, "the fixture needs a multi-threaded target"
+    shifted = copy.deepcopy(results)  # every 2-thread figure 40% slower, Keras at its best (1 thread) not
+    for row in shifted["benchmark"]["rows"]:
+        if row["target"] in several and row["origin"] != "keras":
+            row["latency_ms"]["p50"] *= 1.4
+            row["ratio_to_keras"]["p50"] *= 1.4
+    assert gate.compare(results, shifted) == []
+    # The same shift read against Keras at its best, as a results.json from before the field was recorded is read:
+    old = [copy.deepcopy(results), copy.deepcopy(shifted)]
+    for run in old:
+        for row in run["benchmark"]["rows"]:
+            row.pop("ratio_to_keras_at_threads")
+    failures = gate.compare(*old)
+    assert failures and all(line.split(" on ")[1].split(":")[0] in several for line in failures)
+    assert all("ratio to Keras " in line and " thread(s)" not in line for line in failures)
+    # A file that slows down beside its reference still fails, named with the thread count it was compared at.
+    worse = copy.deepcopy(results)
+    victim = next(r for r in worse["benchmark"]["rows"] if r["target"] in several and r["origin"] == "build")
+    keras_noise = victim["ratio_to_keras_at_threads"]["keras_noise"]
+    victim["ratio_to_keras_at_threads"]["p50"] *= 1 + max(0.5, 3 * (victim["noise"] + keras_noise))
+    (line,) = gate.compare(results, worse)
+    assert line.startswith(f"{victim['artifact']} on {victim['target']}: p50 latency ratio to Keras at "
+                           f"{victim['threads']} thread(s) ")
 
 
 def test_gate_input_errors_exit_2(tmp_path):
@@ -423,6 +453,9 @@ def test_keras_is_timed_at_its_fastest_thread_count_up_to_the_targets(built):
         for r in rows:
             assert r["ratio_to_keras"]["p50"] == pytest.approx(r["latency_ms"]["p50"] / keras["latency_ms"]["p50"],
                                                                rel=1e-3)
+            at = r["ratio_to_keras_at_threads"]
+            assert at["keras_threads"] == r["threads"] and at["keras_noise"] == kt["noise"][str(r["threads"])]
+            assert at["p50"] == pytest.approx(r["latency_ms"]["p50"] / kt["p50_ms"][str(r["threads"])], rel=1e-3)
     several = [t for t in bench["targets"] if t["threads"] > 1]
     assert several, "the fixture needs a multi-threaded target"
     assert "Keras reference at its fastest thread count up to the target's" in report.markdown(results)
