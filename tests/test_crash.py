@@ -240,10 +240,15 @@ def test_a_killed_re_export_keeps_the_previous_bundle_and_the_next_run_makes_the
     root = cfg.build_root
     before = artifact_digests(root)
     assert before, "the tiny build has no bundle"
-    _run(config, force=("export",), kill=Point("done", after, force=("export",)))
-    bundle, problems = consistency_problems(root)
-    assert problems == [] and bundle.endswith("verify ok"), (bundle, problems)
-    assert artifact_digests(root) == before
+    # The kill follows a log line read through a pipe; on a loaded 2-core CI host the run once finished the swap
+    # and wrote its stamp before the kill arrived. Such a late kill is a lost race, not a result: try again.
+    for _ in range(3):
+        _run(config, force=("export",), kill=Point("done", after, force=("export",)))
+        bundle, problems = consistency_problems(root)
+        assert problems == [] and bundle.endswith("verify ok"), (bundle, problems)
+        assert artifact_digests(root) == before
+        if not (root / "export/stamp.json").exists():
+            break
     assert not (root / "export/stamp.json").exists()  # the killed export is stale: the next run redoes it
     code, resumed = _run(config)
     assert code == 0, resumed[-3000:]
