@@ -15,7 +15,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $@
 
-.PHONY: venv export status verify bench bench-build bench-train report gate figures docs matrix test test-slow probe clean
+.PHONY: venv export status verify bench bench-build bench-train report gate bench-compare figures docs matrix test test-slow probe clean
 venv: $(VENV)/.installed
 
 export: $(VENV)/.installed
@@ -54,6 +54,13 @@ gate: $(VENV)/.installed
 	@test -n "$(BASELINE)" || { echo "usage: make gate BASELINE=path/to/results.json [CONFIG=...]" >&2; exit 2; }
 	@root=$$($(PY) -m pipeline path --config $(CONFIG) $(foreach s,$(SET),--set $(s))) && \
 	$(PY) -m benchmarks.gate --baseline $(BASELINE) --results $$root/bench/results.json $(GATE_FLAGS)
+
+# How far this build's last bench is from BASELINE's, file by file: the p50 itself and its ratios to Keras and to the
+# fp32 file (benchmarks/repeatability.py); COMPARE_FLAGS="--within 0.10" exits 1 when a p50 moved more than 10%.
+bench-compare: $(VENV)/.installed
+	@test -n "$(BASELINE)" || { echo "usage: make bench-compare BASELINE=path/to/results.json [CONFIG=...]" >&2; exit 2; }
+	@root=$$($(PY) -m pipeline path --config $(CONFIG) $(foreach s,$(SET),--set $(s))) && \
+	$(PY) -m benchmarks.repeatability $(BASELINE) $$root/bench/results.json $(COMPARE_FLAGS)
 
 # docs/measurements.md from build folders' results: make figures BUILD="build/quickstart build/flowers".
 FIGURES ?= docs/measurements.md

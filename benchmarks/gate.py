@@ -29,6 +29,7 @@ import json
 import math
 import sys
 from pathlib import Path
+from typing import Optional
 
 
 class GateInputError(Exception):
@@ -38,7 +39,8 @@ class GateInputError(Exception):
 SCHEMA = Path(__file__).with_name("results.schema.json")
 
 
-def _load(path: Path, what: str) -> dict:
+def load_results(path: Path, what: str) -> dict:
+    """A bench/results.json, checked against its schema (``what``: "baseline" or "results", for the message)."""
     import jsonschema
 
     try:
@@ -60,7 +62,17 @@ def _load(path: Path, what: str) -> dict:
     return results
 
 
-def _rows(results: dict) -> dict[tuple[str, str], dict]:
+def load_pair(baseline: Path, results: Path) -> Optional[tuple[dict, dict]]:
+    """Both results.json files of a comparison; None, after one line on stderr, when either is unusable."""
+    try:
+        return load_results(baseline, "baseline"), load_results(results, "results")
+    except GateInputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return None
+
+
+def rows_by_key(results: dict) -> dict[tuple[str, str], dict]:
+    """The benchmark rows by (target, artifact)."""
     return {(r["target"], r["artifact"]): r for r in results["benchmark"]["rows"]}
 
 
@@ -83,7 +95,7 @@ def latency_ratio(row: dict, keras: dict, same_threads: bool) -> tuple[float, fl
 
 def compare(baseline: dict, current: dict, check_budgets: bool = False) -> list[str]:
     """One line per regression (empty: the gate passes)."""
-    base_rows, cur_rows = _rows(baseline), _rows(current)
+    base_rows, cur_rows = rows_by_key(baseline), rows_by_key(current)
     regression = {t["name"]: t["regression"] for t in current["benchmark"]["targets"]}
     failures = []
     for (target, artifact), base in sorted(base_rows.items()):
@@ -122,13 +134,12 @@ def main(argv=None) -> int:
                         help="bench/results.json of the new run (make gate finds its build's from CONFIG)")
     parser.add_argument("--budgets", action="store_true", help="also fail on the new run's target budget failures")
     args = parser.parse_args(argv)
-    try:
-        baseline, current = _load(args.baseline, "baseline"), _load(args.results, "results")
-    except GateInputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    pair = load_pair(args.baseline, args.results)
+    if pair is None:
         return 2
+    baseline, current = pair
     failures = compare(baseline, current, args.budgets)
-    checked = sum(1 for key in _rows(baseline) if key[1] != "keras")
+    checked = sum(1 for key in rows_by_key(baseline) if key[1] != "keras")
     if failures:
         print(f"gate FAILED: {len(failures)} regression(s) against {args.baseline}:")
         for line in failures:

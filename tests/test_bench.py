@@ -386,6 +386,51 @@ def test_gate_rise_within_noise_or_budget_passes(built):
     assert gate.compare(results, missing) == ["onnx-fp32 on edge-box: benchmarked in the baseline, missing now (the file is gone)"]
 
 
+def test_repeatability_measures_two_runs_and_within_fails_only_on_a_p50_that_moved(built, tmp_path):
+    """Issue 21: two runs of the same files compared on the milliseconds and on the two ratios that cancel host drift."""
+    from benchmarks import repeatability
+
+    cfg, _, results = built
+    current = cfg.build_root / "bench/results.json"
+    rows = repeatability.shifts(results, results)
+    assert rows and all(r["p50"] == 0 for r in rows)
+    by_key = {(r["target"], r["artifact"]): r for r in rows}
+    # Keras has no ratio to itself; the fp32 file is its runtime's reference, so it has no fp32 ratio.
+    assert by_key[("edge-box", "keras")]["vs_keras"] is None and by_key[("edge-box", "keras")]["vs_fp32"] is None
+    assert by_key[("phone-little", "tflite-fp32")]["vs_fp32"] is None
+    assert by_key[("phone-little", "tflite-fp32")]["vs_keras"] == 0
+    assert by_key[("phone-little", "tflite-int8")]["vs_fp32"] == 0
+    assert by_key[("int8-accelerator", "tflite-int8")]["vs_fp32"] is None  # no fp32 file may run there
+
+    # The host 20% slower for every file and Keras alike: the milliseconds move, the ratios do not.
+    slower = copy.deepcopy(results)
+    for row in slower["benchmark"]["rows"]:
+        row["latency_ms"]["p50"] *= 1.2
+    moved = {(r["target"], r["artifact"]): r for r in repeatability.shifts(results, slower)}
+    assert all(abs(r["p50"] - 0.2) < 1e-9 for r in moved.values())
+    assert abs(moved[("phone-little", "tflite-int8")]["vs_fp32"]) < 1e-9
+    # One file 30% slower beside an unchanged fp32 file: its ratio to that file shows it.
+    one = copy.deepcopy(results)
+    for row in one["benchmark"]["rows"]:
+        if (row["target"], row["artifact"]) == ("phone-little", "tflite-int8"):
+            row["latency_ms"]["p50"] *= 1.3
+    assert abs(repeatability.shifts(results, one)[0]["vs_fp32"] - 0.3) < 1e-9
+
+    base = tmp_path / "first.json"
+    base.write_text(json.dumps(results))
+    cli = [sys.executable, "-m", "benchmarks.repeatability", str(base)]
+    same = subprocess.run(cli + [str(current), "--within", "0.10"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert same.returncode == 0, same.stdout + same.stderr
+    assert "worst p50" in same.stdout and "0 over 10%" in same.stdout
+    second = tmp_path / "second.json"
+    second.write_text(json.dumps(one))
+    out = subprocess.run(cli + [str(second), "--within", "0.10"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "30.0% (tflite-int8 on phone-little); 1 over 10%" in out.stdout.splitlines()[-4]
+    missing = subprocess.run(cli + [str(tmp_path / "none.json")], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert missing.returncode == 2 and "does not exist" in missing.stderr
+
+
 def test_gate_compares_each_file_with_keras_at_the_files_own_thread_count(built):
     """Issue 21: a host's shift in multi-threaded speed moves a 2-thread file and Keras at 2 threads together."""
     results = built[2]
