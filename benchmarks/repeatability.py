@@ -8,7 +8,7 @@ its p50 from the first run to the second:
 - ``p50``: the milliseconds themselves, which a host whose speed drifts between
   runs moves as much as a real change of the file does;
 - ``vs Keras``: its ratio to the Keras model at the file's own thread count
-  (``ratio_to_keras_at_threads``, what ``benchmarks.gate`` compares);
+  (``ratio_to_keras_at_threads``), read as ``benchmarks.gate`` reads it;
 - ``vs fp32``: its ratio to the fp32 file of the same build on the same target
   and runtime (tflite-fp32 for LiteRT files, onnx-fp32 for onnxruntime ones),
   timed in the same rounds: a reference that shares the file's runtime and
@@ -27,7 +27,7 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-from benchmarks.gate import load_pair, rows_by_key
+from benchmarks.gate import latency_ratio, load_pair, rows_by_key
 
 MEASURES = ("p50", "vs_keras", "vs_fp32")
 
@@ -43,9 +43,11 @@ def _fp32_sibling(rows: dict, row: dict) -> Optional[dict]:
     return None
 
 
-def _ratio_to_keras(row: dict) -> Optional[float]:
-    at = row.get("ratio_to_keras_at_threads")
-    return None if row["origin"] == "keras" or not at else at["p50"]
+def _ratio_to_keras(rows: dict, row: dict, same_threads: bool) -> Optional[float]:
+    """The ratio the gate compares (None for the Keras row itself)."""
+    if row["origin"] == "keras":
+        return None
+    return latency_ratio(row, rows[(row["target"], "keras")], same_threads)[0]
 
 
 def shifts(baseline: dict, current: dict) -> list[dict]:
@@ -59,7 +61,8 @@ def shifts(baseline: dict, current: dict) -> list[dict]:
         row = {"target": key[0], "artifact": key[1], "threads": cur["threads"],
                "p50_ms": [base["latency_ms"]["p50"], cur["latency_ms"]["p50"]],
                "p50": cur["latency_ms"]["p50"] / base["latency_ms"]["p50"] - 1}
-        before, after = _ratio_to_keras(base), _ratio_to_keras(cur)
+        same_threads = "ratio_to_keras_at_threads" in base and "ratio_to_keras_at_threads" in cur
+        before, after = _ratio_to_keras(base_rows, base, same_threads), _ratio_to_keras(cur_rows, cur, same_threads)
         row["vs_keras"] = after / before - 1 if before and after else None
         sib_base, sib_cur = _fp32_sibling(base_rows, base), _fp32_sibling(cur_rows, cur)
         row["vs_fp32"] = None
