@@ -436,11 +436,16 @@ def test_gate_compares_each_file_with_keras_at_the_files_own_thread_count(built)
     results = built[2]
     several = {t["name"] for t in results["benchmark"]["targets"] if t["threads"] > 1}
     assert several, "the fixture needs a multi-threaded target"
-    shifted = copy.deepcopy(results)  # every 2-thread figure 40% slower, Keras at its best (1 thread) not
+    # Every multi-threaded figure slower, Keras at its best (1 thread) not: by at least 50%, and by three times the
+    # noise that the old reading (against Keras at its best) measured, which a loaded CI host can push past 40%.
+    rows = gate.rows_by_key(results)
+    slow = 1 + max([0.5] + [3 * gate._noise(r["noise"], rows[(r["target"], "keras")]["noise"]) * 2 ** 0.5
+                            for r in results["benchmark"]["rows"] if r["target"] in several and r["origin"] != "keras"])
+    shifted = copy.deepcopy(results)
     for row in shifted["benchmark"]["rows"]:
         if row["target"] in several and row["origin"] != "keras":
-            row["latency_ms"]["p50"] *= 1.4
-            row["ratio_to_keras"]["p50"] *= 1.4
+            row["latency_ms"]["p50"] *= slow
+            row["ratio_to_keras"]["p50"] *= slow
     assert gate.compare(results, shifted) == []
     # The same shift read against Keras at its best, as a results.json from before the field was recorded is read:
     old = [copy.deepcopy(results), copy.deepcopy(shifted)]
