@@ -161,8 +161,6 @@ def measure(plan: list[tuple[Target, list[dict]]], inputs: Path, settings, work:
             if any(fewer) and block + 1 < settings.blocks:
                 time.sleep(SETTLE_SECONDS)
         out = {k: {"worker": w, "memory": w.ask(op="memory"), "probs": None} for k, w in workers.items()}
-        for k, times in pooled_keras_times(workers).items():
-            out[k]["times"] = times
         origin = {(t.name, e["key"]): e["origin"] for t, entries in plan for e in entries}
         # Reference files have other labels; the Keras model at fewer threads predicts what it does at the target's.
         scored = [k for k in workers if origin.get(k) in ("build", "keras")]
@@ -176,22 +174,6 @@ def measure(plan: list[tuple[Target, list[dict]]], inputs: Path, settings, work:
         for w in workers.values():
             w.close()
     return out, seconds
-
-
-def pooled_keras_times(workers: dict[tuple[str, str], Worker]) -> dict[tuple[str, str], list[float]]:
-    """Each Keras worker's key -> the times of every Keras worker at its thread count, whichever target timed them.
-
-    The same model in the same runtime at the same thread count is one measurement. TensorFlow's
-    speed wanders more than the files' runtimes do (flowers, 2 cores, one process timing the
-    1-thread Keras model alone in 4 s windows: medians 5.8 to 7.8 ms; the tflite-fp32 file beside
-    it, 2.46 to 2.55 ms), and every target timed it in processes of its own: pooled, the reference
-    of every ratio is the median over several processes and the whole run, not one target's slices.
-    """
-    keras = {k: w for k, w in workers.items() if k[1] == KERAS_KEY or k[1].startswith(f"{KERAS_KEY}@")}
-    by_threads: dict[int, list[float]] = {}
-    for w in keras.values():
-        by_threads.setdefault(w.threads, []).extend(w.times)
-    return {k: by_threads[w.threads] for k, w in keras.items()}
 
 
 def target_rows(target: Target, entries: list[dict], measured: dict, seconds: float, labels: np.ndarray,
@@ -211,7 +193,7 @@ def target_rows(target: Target, entries: list[dict], measured: dict, seconds: fl
             "format": e["format"], "runtime": e["runtime"], "precision": e["precision"], "file": e["file"],
             "threads": threads, "bytes": e["bytes"], "gzip_bytes": e["gzip_bytes"],
             "fully_integer": e["fully_integer"], "sparsity": e["sparsity"],
-            **_measured_fields(w, memory[e["key"]], measured[(target.name, e["key"])].get("times")),
+            **_measured_fields(w, memory[e["key"]]),
             "accuracy": None,
             "efficiency": None,
         }
@@ -278,7 +260,7 @@ def _keras_at_its_best(row: dict, fewer: dict) -> None:
     keeps its accuracy (the same model); its latency, cold start and memory become the
     fastest count's, so every ``ratio_to_keras`` is taken against Keras run at its best.
     """
-    measured = {t: _measured_fields(m["worker"], m["memory"], m.get("times")) for t, m in fewer.items()}
+    measured = {t: _measured_fields(m["worker"], m["memory"]) for t, m in fewer.items()}
     p50 = {row["threads"]: row["latency_ms"]["p50"], **{t: f["latency_ms"]["p50"] for t, f in measured.items()}}
     noise = {row["threads"]: row["noise"], **{t: f["noise"] for t, f in measured.items()}}
     best = min(p50, key=lambda t: (p50[t], t))
@@ -289,9 +271,9 @@ def _keras_at_its_best(row: dict, fewer: dict) -> None:
         row.update(threads=best, **measured[best])
 
 
-def _measured_fields(worker: Worker, memory: dict, times: Optional[list[float]] = None) -> dict:
-    """A row's figures from its worker: latency (from ``times`` where given) and its noise, cold start, memory."""
-    stats = summarize(worker.times if times is None else times)
+def _measured_fields(worker: Worker, memory: dict) -> dict:
+    """A row's figures from its worker: latency and its noise, cold start, memory."""
+    stats = summarize(worker.times)
     return {"latency_ms": stats, "noise": round(relative_ci(stats), 4),
             "cold_start": {"load_ms": round(worker.ready["load_ms"], 2),
                            "first_inference_ms": round(worker.ready["first_inference_ms"], 2)},

@@ -509,23 +509,6 @@ def test_keras_is_timed_at_its_fastest_thread_count_up_to_the_targets(built):
     several = [t for t in bench["targets"] if t["threads"] > 1]
     assert several, "the fixture needs a multi-threaded target"
     assert "Keras reference at its fastest thread count up to the target's" in report.markdown(results)
-    # Keras at one thread count is one measurement, pooled over every target that timed it.
-    at_one = {r["keras_threads"]["p50_ms"]["1"] for r in bench["rows"] if r["origin"] == "keras"}
-    assert len(bench["targets"]) > 1 and len(at_one) == 1
-
-
-def test_keras_times_are_pooled_per_thread_count_and_files_are_not():
-    from benchmarks.latency import Worker
-    from benchmarks.run import keras_key, pooled_keras_times
-
-    def worker(key, threads, times):
-        return Worker(key, Path("m"), "keras" if key.startswith("keras") else "litert", threads, Path("i"), times=times)
-
-    workers = {("big", "keras"): worker("keras", 2, [5.0, 6.0]), ("big", keras_key(1)): worker(keras_key(1), 1, [3.0]),
-               ("little", "keras"): worker("keras", 1, [4.0, 4.5]), ("big", "tflite-int8"): worker("tflite-int8", 2, [1.0])}
-    pooled = pooled_keras_times(workers)
-    assert sorted(pooled[("big", keras_key(1))]) == sorted(pooled[("little", "keras")]) == [3.0, 4.0, 4.5]
-    assert pooled[("big", "keras")] == [5.0, 6.0] and ("big", "tflite-int8") not in pooled
 
 
 def test_self_check_verdict_at_its_edges():
