@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -205,6 +206,14 @@ def test_cli_second_run_says_nothing_ran_and_status_agrees(tmp_path):
     printed = first.stdout + first.stderr
     assert "[export] tflite-int8" in printed and "[export] onnx-int8" in printed  # our lines are there
     assert [n for n in LIBRARY_NOISE if n in printed] == [], printed[-3000:]
+    # Each epoch is one line of ours, before that epoch's checkpoint line; none of Keras's, which went to stdout
+    # and reached a build log out of order.
+    assert "Epoch 1/" not in printed
+    lines = first.stderr.splitlines()
+    summary = next(i for i, line in enumerate(lines) if re.search(
+        r"\[finetune\] head epoch 1 of \d+: loss [\d.]+, accuracy [\d.]+, val_loss [\d.]+, val_accuracy [\d.]+, "
+        r"[\d.]+ s$", line))
+    assert any("[finetune] checkpoint saved: phase head, epoch 1 of" in line for line in lines[summary + 1:])
     root = tmp_path / "build" / "tiny"
     kept = (root / "tool-output.log").read_text()
     assert "oneDNN custom operations are on" in kept and "fully_quantize:" in kept  # left out, not lost

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import sys
 import time
 from pathlib import Path
 from typing import Optional
@@ -35,7 +34,7 @@ from pipeline.config import Config
 from pipeline.interrupt import Interrupted, StopRequest
 from pipeline.resume import TrainingCheckpoint
 from pipeline.stages import Stage
-from pipeline.training import compile_model, seed_everything
+from pipeline.training import compile_model, epoch_summary, fit_verbosity, seed_everything
 
 log = logging.getLogger("pipeline")
 
@@ -116,12 +115,10 @@ class Training:
         stop = ResumableEarlyStopping(resume=resume["early_stopping"] if resume else None,
                                       monitor="val_accuracy", patience=self.patience, mode="max")
         saver = EpochCheckpoint(self, phase, epochs, stop)
-        # A progress bar on a terminal; one line per epoch in CI logs.
-        verbose = 1 if sys.stdout.isatty() else 2
         log.info("[finetune] %s: %d epoch(s), %d trainable weight tensors",
                  phase, epochs, len(self.model.trainable_weights))
         self.model.fit(self.train_ds, validation_data=self.val_ds, epochs=epochs, initial_epoch=done,
-                       callbacks=[self.best, stop, saver], verbose=verbose)
+                       callbacks=[self.best, stop, saver], verbose=fit_verbosity())
 
     def restore(self, state: dict) -> None:
         """Load the checkpoint into the model compiled for ``state``'s phase, and the loop's own state."""
@@ -188,7 +185,9 @@ class EpochCheckpoint(keras.callbacks.Callback):
         for key, value in (logs or {}).items():
             history.setdefault(key, []).append(float(value))
         # Training and validation of this epoch, in this run (pipeline.timings reads it; not checkpointed).
-        self.training.epoch_seconds[self.phase].append(round(time.perf_counter() - self.epoch_started, 2))
+        seconds = time.perf_counter() - self.epoch_started
+        self.training.epoch_seconds[self.phase].append(round(seconds, 2))
+        log.info("[finetune] %s epoch %d of %d: %s", self.phase, epoch + 1, self.epochs, epoch_summary(logs, seconds))
         finished = epoch + 1 >= self.epochs or bool(self.model.stop_training)
         self.training.save(self.phase, epoch + 1, self.epochs, finished, self.stop)
 

@@ -24,7 +24,6 @@ stage copies them into ``export/results.json``.
 from __future__ import annotations
 
 import logging
-import sys
 import time
 
 import numpy as np
@@ -45,7 +44,7 @@ from pipeline.resume import TrainingCheckpoint
 from pipeline.stages import Stage
 from pipeline.stages.finetune import datasets
 from pipeline.trained import needed_models, outputs_for
-from pipeline.training import compile_model, seed_everything
+from pipeline.training import compile_model, epoch_summary, fit_verbosity, seed_everything
 
 log = logging.getLogger("pipeline")
 
@@ -107,7 +106,6 @@ class Progress:
         else:
             self.state.update(phase=phase, epoch=0)
             self.state["val"][phase] = []
-        verbose = 1 if sys.stdout.isatty() else 2
         log.info("[optimize] %s: %d epoch(s)", title, epochs)
         self._replay(train_ds, start)
         if start < epochs:
@@ -117,7 +115,8 @@ class Progress:
             try:
                 with interrupt.deferred() as stop:
                     fit_model.fit(train_ds, validation_data=val_ds, epochs=epochs, initial_epoch=start,
-                                  verbose=verbose, callbacks=[*callbacks, _SaveEachEpoch(self, phase, trackables, stop)])
+                                  verbose=fit_verbosity(),
+                                  callbacks=[*callbacks, _SaveEachEpoch(self, phase, epochs, trackables, stop)])
                     stop.check()  # a signal after the last batch still stops before the phase's output is written
             except Interrupted as exc:
                 raise self.interrupted(exc.signum, phase) from None
@@ -146,14 +145,19 @@ class Progress:
 
 
 class _SaveEachEpoch(keras.callbacks.Callback):
-    def __init__(self, progress: Progress, phase: str, trackables: dict, stop: StopRequest):
+    def __init__(self, progress: Progress, phase: str, epochs: int, trackables: dict, stop: StopRequest):
         super().__init__()
-        self.progress, self.phase, self.trackables, self.stop = progress, phase, trackables, stop
+        self.progress, self.phase, self.epochs, self.trackables, self.stop = progress, phase, epochs, trackables, stop
 
     def on_train_batch_begin(self, batch, logs=None):
         self.stop.check()  # before the batch: the checkpoint on disk is the last whole epoch's
 
+    def on_epoch_begin(self, epoch, logs=None):
+        self.started = time.perf_counter()
+
     def on_epoch_end(self, epoch, logs=None):
+        log.info("[optimize] %s epoch %d of %d: %s", self.phase, epoch + 1, self.epochs,
+                 epoch_summary(logs, time.perf_counter() - self.started))
         self.progress.saved_epoch(self.phase, epoch + 1, (logs or {}).get("val_accuracy"), self.trackables)
 
 
