@@ -192,7 +192,7 @@ def _log_resizer(described: dict, rows: list[dict]) -> None:
 
 def main(argv=None) -> int:
     from benchmarks.candidates import candidates
-    from benchmarks.targets import available_cpus
+    from core.host import available_cpus
 
     parser = argparse.ArgumentParser(prog="python -m benchmarks.resizers", description=__doc__.split("\n\n")[0])
     parser.add_argument("build", type=Path, help="a build folder, build/<name>")

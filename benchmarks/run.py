@@ -25,10 +25,11 @@ from benchmarks import accuracy, efficiency, resizers, selfcheck
 from benchmarks.candidates import KERAS_KEY, candidates, reference_files
 from benchmarks.inputs import input_size, write_inputs
 from benchmarks.latency import Worker, WorkerError, interleave, relative_ci, slug, summarize
-from benchmarks.targets import Target, available_cpus, load_targets
+from benchmarks.targets import Target, load_targets
 from exporters import registry
 from core import layout, stats
 from core.errors import PipelineError
+from core.host import available_cpus
 from core.io import write_json
 from core.splits import load_split
 

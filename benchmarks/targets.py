@@ -9,23 +9,15 @@ runs with the cores there are, and the result says so.
 from __future__ import annotations
 
 import difflib
-import os
 from pathlib import Path
 from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from core.errors import ConfigError, one_line, printable
+from core.host import available_cpus
 from core.yaml_files import read_yaml
 from exporters.registry import RUNTIMES
-
-
-def available_cpus() -> int:
-    """Cores this process may run on (CPU affinity, e.g. a container's cpuset), not the machine's total."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 class _Strict(BaseModel):

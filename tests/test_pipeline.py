@@ -44,6 +44,8 @@ def test_digits_lifecycle_exports_validates_and_caches(tmp_path, tiny_build):
         assert entry["validation"]["top1_agreement"] >= 0.995 and entry["validation"]["max_abs_diff"] <= 1e-4
         assert entry["validation"]["images"] == results["dataset"]["test_images"] > 0
     assert by_format["keras"]["accuracy"]["top1"] == results["reference"]["accuracy"]["top1"]
+    from core.host import available_cpus  # export.threads null: validation uses every core this process may
+    assert results["host"]["validation_threads"] == available_cpus()
     history = json.loads((cfg.build_root / "finetune/history.json").read_text())
     epochs = TINY_SECTIONS["train"]["fine_tune_epochs"]
     assert not history["head"].get("val_accuracy") and len(history["fine_tune"]["val_accuracy"]) == epochs

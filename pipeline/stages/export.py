@@ -37,6 +37,7 @@ import numpy as np
 
 from core import layout, stats
 from core.errors import BudgetError, DataError, ExportError, disk_full, one_line
+from core.host import available_cpus
 from core.io import atomic_path, gzip_size, sha256_file, swap_in_folder, write_json
 from core.layout import read_labels
 from core.sensitivity import figure as sensitivity_figure
@@ -332,9 +333,14 @@ def _convert(job: Publishing, fmt: str, model, staged: Path, export_ctx: convert
             raise _NotConverted(exc) from exc  # out of atomic_path: no file is left
         if spec.kind().metadata is not None:
             # Outputs before the metadata goes in: adding it must not change one bit of them.
-            plain = load_predictor(tmp, spec.runtime, job.cfg.export.threads)(job.ref.images)
+            plain = load_predictor(tmp, spec.runtime, validation_threads(job.cfg))(job.ref.images)
             file_metadata.write_metadata(tmp, job.info)
     return plain
+
+
+def validation_threads(cfg: Config) -> int:
+    """``export.threads``, or every core this process may use: validation runs alone (never timing)."""
+    return cfg.export.threads or available_cpus()
 
 
 def _export_format(job: Publishing, fmt: str, model) -> None:
@@ -365,10 +371,10 @@ def _export_format(job: Publishing, fmt: str, model) -> None:
         job.unconverted.append(f"{fmt} ({why})")
         return
     clock.lap("convert")
-    probs = load_predictor(staged, spec.runtime, cfg.export.threads)(ref.images)
+    probs = load_predictor(staged, spec.runtime, validation_threads(cfg))(ref.images)
     check = compare(probs, ref.probabilities, ref.labels, spec, cfg.export.budgets.get(fmt))
     fidelity = {"test": stats.fidelity(ref.probabilities, probs)}
-    session = open_session(staged, spec.runtime, cfg.export.threads)
+    session = open_session(staged, spec.runtime, validation_threads(cfg))
     if ref.val is not None:
         fidelity["val"] = stats.fidelity(ref.val.reference, session.predict(ref.val.images))
     if ref.train_images is not None:
@@ -474,7 +480,7 @@ def _choose_recipe(job: Publishing, fmt: str, model):
     def build(recipe: repair.Recipe):
         path = workdir / f"candidate_{len(list(workdir.iterdir()))}{suffix}"
         convert.get(fmt).export(model, path, job.context(recipe))
-        return path, load_predictor(path, runtime, cfg.export.threads)(job.ref.val.images)
+        return path, load_predictor(path, runtime, validation_threads(cfg))(job.ref.val.images)
 
     ranking = None
     try:
@@ -532,7 +538,8 @@ def _results(cfg: Config, ctx, class_names: list[str], contract: dict, job: Publ
         "name": cfg.name,
         "config_hash": cfg.config_hash(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "host": {"machine": platform.machine(), "system": platform.system(), "cpus": os.cpu_count()},
+        "host": {"machine": platform.machine(), "system": platform.system(), "cpus": os.cpu_count(),
+                 "validation_threads": validation_threads(cfg)},
         "versions": _versions(),
         "dataset": {
             "source": cfg.data.source, "path": cfg.data.path, "classes": class_names,
