@@ -26,7 +26,7 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-from benchmarks import report_accuracy, report_flips, report_resizers, report_timings
+from benchmarks import report_accuracy, report_flips, report_resizers, report_timings, selfcheck
 from benchmarks.plotting import annotate_cells, set_log_x
 from core import layout
 from core.io import atomic_path, write_text
@@ -132,14 +132,16 @@ def _self_check_intro(checked: list[dict]) -> str:
     tol = checked[0]["tolerance"]
     return (f"Each target's fastest file timed again alone, in a fresh process with the same threads, after the "
             f"bench: the harness agrees when its p50 is within {tol['p50']:.0%} and its p90 within {tol['p90']:.0%} "
-            f"of the file's own. The host tail is how much of a tail the host makes with nothing else running.")
+            f"of the file's own. The file is timed alone twice: where those two runs differ by more than the same "
+            f"tolerances, the host was unsteady and the check cannot tell. The host tail is how much of a tail the "
+            f"host makes with nothing else running.")
 
 
 def _self_check_cells(e: dict) -> list[str]:
     h, a, r = e["harness"], e["alone"], e["ratio"]
     return [e["target"], e["artifact"], str(e["threads"]), f"{h['p50']:.3f} / {a['p50']:.3f} (×{r['p50']:.2f})",
             f"{h['p90']:.3f} / {a['p90']:.3f} (×{r['p90']:.2f})", f"{r['p99']:.2f}", f"{e['host_tail']:.2f}",
-            "agrees" if e["agrees"] else "DISAGREES"]
+            selfcheck.verdict(e) + (f" (alone twice: p50 ×{e['repeat']['p50']:.2f})" if "repeat" in e else "")]
 
 
 def keras_threads_note(rows: list[dict]) -> Optional[str]:

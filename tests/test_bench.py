@@ -484,9 +484,13 @@ def test_each_target_self_checks_its_fastest_file_alone(built):
         assert e["harness"]["p50"] == fastest["latency_ms"]["p50"]
         assert e["alone_runs"] > 10 and 0 < e["alone"]["p50"] <= e["alone"]["p90"] <= e["alone"]["p99"]
         assert e["ratio"]["p50"] == pytest.approx(e["harness"]["p50"] / e["alone"]["p50"], abs=1e-3)
+        # Alone twice: the second run says whether the host itself was steady enough to tell.
+        assert e["repeat"]["p50"] == pytest.approx(e["alone_again"]["p50"] / e["alone"]["p50"], abs=1e-3)
+        assert e["verdict"] in ("agrees", "disagrees", "host unsteady")
     md = report.markdown(results)
     assert "## Self-check: the harness against each file alone" in md
-    assert md.count("| phone-little | ") >= 1 and ("agrees |" in md or "DISAGREES |" in md)
+    assert md.count("| phone-little | ") >= 1 and ("agrees (alone twice: p50 ×" in md or "DISAGREES (alone twice" in md
+                                                  or "host unsteady (alone twice" in md)
 
 
 def test_keras_is_timed_at_its_fastest_thread_count_up_to_the_targets(built):
@@ -520,6 +524,13 @@ def test_self_check_verdict_at_its_edges():
     assert not at(1.11, 1.0)["agrees"] and not at(0.89, 1.0)["agrees"]  # p50 past 10%
     assert not at(1.0, 1.21)["agrees"] and not at(1.0, 0.79)["agrees"]  # p90 past 20%
     assert at(1.0, 1.0)["ratio"] == {"p50": 1.0, "p90": 1.0, "p99": 1.5} and at(1.0, 1.0)["host_tail"] == 2.0
+    # Alone a second time: a disagreement counts only when the file's own two runs agree with each other.
+    steady, unsteady = {"p50": 1.05, "p90": 1.1, "p99": 2.0}, {"p50": 2.0, "p90": 2.0, "p99": 4.0}
+    assert compare({"p50": 1.5, "p90": 1.5, "p99": 3.0}, alone, steady)["verdict"] == "disagrees"
+    off = compare({"p50": 1.5, "p90": 1.5, "p99": 3.0}, alone, unsteady)
+    assert off["verdict"] == "host unsteady" and not off["agrees"] and off["repeat"]["p50"] == 2.0
+    assert compare({"p50": 1.0, "p90": 1.0, "p99": 3.0}, alone, unsteady)["verdict"] == "agrees"
+    assert at(1.5, 1.0)["verdict"] == "disagrees"  # one run alone: no way to tell the host was unsteady
     rows = [{"origin": "keras", "latency_ms": {"p50": 0.1}, "artifact": "keras"},
             {"origin": "build", "latency_ms": {"p50": 0.5}, "artifact": "a"},
             {"origin": "build", "latency_ms": {"p50": 0.3}, "artifact": "b"}]
