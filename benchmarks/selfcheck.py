@@ -91,9 +91,10 @@ def check(rows: list[dict], paths: dict, inputs: Path, work: Path, seconds: floa
     and compare it with the row's figures."""
     out = []
     for row in rows:
-        log = work / f"selfcheck-{row['target']}-{slug(row['artifact'])}.log"
-        alone, again = [time_alone(paths[row["artifact"]], row["runtime"], row["threads"], inputs, log, seconds / 2)
-                        for _ in range(2)]
+        # One log per run: a worker opens its log for writing, so a shared one would keep only the second run's.
+        alone, again = [time_alone(paths[row["artifact"]], row["runtime"], row["threads"], inputs,
+                                   work / f"selfcheck-{row['target']}-{slug(row['artifact'])}-{run}.log", seconds / 2)
+                        for run in (1, 2)]
         out.append({"target": row["target"], "artifact": row["artifact"], "threads": row["threads"],
                     **compare(row["latency_ms"], alone, again)})
     return out

@@ -315,6 +315,11 @@ class _NotConverted(Exception):
     """A converter raised: carries its exception (``__cause__``) out of the staging block."""
 
 
+def validation_threads(cfg: Config) -> int:
+    """``export.threads``, or every core this process may use: validation runs alone (never timing)."""
+    return cfg.export.threads or available_cpus()
+
+
 def _convert(job: Publishing, fmt: str, model, staged: Path, export_ctx: convert.ExportContext,
              prebuilt: Path | None = None):
     """Convert into ``staged``, with metadata; return the outputs before the metadata went in (None: no metadata).
@@ -336,11 +341,6 @@ def _convert(job: Publishing, fmt: str, model, staged: Path, export_ctx: convert
             plain = load_predictor(tmp, spec.runtime, validation_threads(job.cfg))(job.ref.images)
             file_metadata.write_metadata(tmp, job.info)
     return plain
-
-
-def validation_threads(cfg: Config) -> int:
-    """``export.threads``, or every core this process may use: validation runs alone (never timing)."""
-    return cfg.export.threads or available_cpus()
 
 
 def _export_format(job: Publishing, fmt: str, model) -> None:
