@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import subprocess
 import sys
 import time
@@ -59,9 +60,41 @@ def summarize(times_ms: list[float]) -> dict:
 
 
 def relative_ci(stats: dict) -> float:
-    """Half-width of the median's 95% interval as a fraction of the median: the run's own noise."""
+    """Half-width of the median's 95% interval as a fraction of the median: the noise of independent calls."""
     lo, hi = stats["ci95"]
     return (hi - lo) / 2 / stats["p50"] if stats["p50"] > 0 else 1.0
+
+
+# Slices with fewer timed calls than this say little about where their median lies.
+MIN_SLICE_RUNS = 5
+
+
+def slice_medians(times_ms: list[float], starts: list[int]) -> list[float]:
+    """The median of each timing slice (``starts``: where each began in ``times_ms``) that has enough calls."""
+    bounds = list(starts) + [len(times_ms)]
+    parts = [times_ms[a:b] for a, b in zip(bounds, bounds[1:])]
+    return [float(np.median(p)) for p in parts if len(p) >= MIN_SLICE_RUNS]
+
+
+def drift(times_ms: list[float], starts: list[int]) -> Optional[float]:
+    """Relative half-width of a 95% interval of the median from its slices' medians (batch means); None under 3 slices.
+
+    The binomial interval of :func:`median_ci95` treats every call as independent. A
+    runtime whose speed wanders for seconds at a time breaks that: TensorFlow's 1-thread
+    Keras model, timed alone in one process in 4-second windows, had window medians
+    from 5.8 to 7.8 ms, and its p50 moved 13-15% between two benches whose binomial
+    intervals were ±0.7%. The slices of a bench are minutes apart, so their medians
+    are close to independent, and their Student-t interval covers that wander.
+    """
+    from scipy.stats import t
+
+    medians = slice_medians(times_ms, starts)
+    if len(medians) < 3:
+        return None
+    k = len(medians)
+    centre = float(np.median(times_ms))
+    half = t.ppf(0.975, k - 1) * float(np.std(medians, ddof=1)) / math.sqrt(k)
+    return half / centre if centre > 0 else 1.0
 
 
 def slug(key: str) -> str:
@@ -85,6 +118,7 @@ class Worker:
     log: Optional[Path] = None
     ready: dict = field(default_factory=dict)
     times: list = field(default_factory=list)
+    slices: list = field(default_factory=list)  # where each timing slice (one `interleave` call) began in `times`
     proc: Optional[subprocess.Popen] = None
     _log_file: Optional[object] = None
 
@@ -158,6 +192,8 @@ def interleave(workers: list[Worker], *, min_runs: int = 30, max_runs: int = 200
     for worker in order:  # caches, thread pools and lazy allocations settle before any timing counts
         worker.ask(op="time", n=warmup)
     before = {id(w): len(w.times) for w in workers}  # bounds count this call's runs (workers may carry earlier ones)
+    for worker in workers:
+        worker.slices.append(len(worker.times))
     started = time.perf_counter()
     while True:
         rng.shuffle(order)

@@ -24,7 +24,7 @@ import numpy as np
 from benchmarks import accuracy, efficiency, resizers, selfcheck
 from benchmarks.candidates import KERAS_KEY, candidates, reference_files
 from benchmarks.inputs import input_size, write_inputs
-from benchmarks.latency import Worker, WorkerError, interleave, relative_ci, slug, summarize
+from benchmarks.latency import Worker, WorkerError, drift, interleave, relative_ci, slice_medians, slug, summarize
 from benchmarks.targets import Target, load_targets
 from exporters import registry
 from core import layout, stats
@@ -275,7 +275,11 @@ def _keras_at_its_best(row: dict, fewer: dict) -> None:
 def _measured_fields(worker: Worker, memory: dict) -> dict:
     """A row's figures from its worker: latency and its noise, cold start, memory."""
     stats = summarize(worker.times)
-    return {"latency_ms": stats, "noise": round(relative_ci(stats), 4),
+    within, between = relative_ci(stats), drift(worker.times, worker.slices)
+    stats["slice_p50"] = [round(m, 4) for m in slice_medians(worker.times, worker.slices)]
+    # The larger of the two: a runtime whose speed wanders between slices is only as steady as its slices agree.
+    return {"latency_ms": stats, "noise": round(max(within, between or 0.0), 4),
+            "noise_parts": {"calls": round(within, 4), "slices": None if between is None else round(between, 4)},
             "cold_start": {"load_ms": round(worker.ready["load_ms"], 2),
                            "first_inference_ms": round(worker.ready["first_inference_ms"], 2)},
             "memory": {"peak_rss_mb": memory["peak_rss_mb"], "baseline_rss_mb": memory["baseline_rss_mb"],

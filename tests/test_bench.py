@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from benchmarks import accuracy, gate, latency, report
+from benchmarks import run as bench_run
 from benchmarks.targets import load_targets
 from pipeline import runner
 from pipeline.config import load_config
@@ -102,12 +103,15 @@ def test_report_names_best_file_and_failures(built, tmp_path):
     for target in ("phone-little", "edge-box", "int8-accelerator"):
         assert f"## {target}:" in md
     header = next(line for line in md.splitlines() if line.startswith("| file |"))
-    for column in ("size MiB", "gzip MiB", "top-1", "p50 ms", "p90 ms", "p99 ms", "×Keras p50", "peak RSS MiB", "% of peak"):
+    for column in ("size MiB", "gzip MiB", "top-1", "p50 ms", "p50 ±", "p90 ms", "p99 ms", "×Keras p50", "peak RSS MiB", "% of peak"):
         assert f"| {column} |" in header, column
     # One table row per file x target, in the target's table.
     assert sum(line.startswith("| ") and not line.startswith(("| file", "| target")) and "|---" not in line
                for line in md.split("## phone-little:")[1].split("## edge-box:")[0].splitlines()) == 4
     assert "published_fp32 (reference)" in md
+    # Each median's noise beside it, as the gate reads it.
+    keras = next(r for r in results["benchmark"]["rows"] if r["target"] == "phone-little" and r["artifact"] == "keras")
+    assert f"| {keras['latency_ms']['p50']:.3f} | {100 * keras['noise']:.1f}% |" in md
     # A budget nobody can meet shows up under "Over budget" and leaves the target without a best file.
     strict = copy.deepcopy(results)
     for row in strict["benchmark"]["rows"]:
@@ -580,6 +584,30 @@ def test_latency_statistics():
     # The interval narrows as runs grow (order-statistic interval of the median).
     assert latency.relative_ci(latency.summarize(times[:50])) > latency.relative_ci(stats) > 0
 
+
+def test_noise_covers_speed_that_wanders_between_slices():
+    rng = np.random.default_rng(1)
+    # Three slices of one worker: calls independent within each, the slice's level wandering (TensorFlow's
+    # 1-thread Keras model, 4-second windows: medians 5.8 to 7.8 ms) or not (a LiteRT file: within 4%).
+    steady = [list(rng.normal(2.5, 0.05, 300)) for _ in range(3)]
+    wander = [list(rng.normal(level, 0.1, 300)) for level in (5.8, 6.8, 7.8)]
+    starts = [0, 300, 600]
+    flat = lambda slices: [t for s in slices for t in s]  # noqa: E731
+    calls = latency.relative_ci(latency.summarize(flat(wander)))
+    slices = latency.drift(flat(wander), starts)
+    # The binomial interval of 900 calls is narrow; the slices' spread is the real uncertainty of this median.
+    assert slices > 5 * calls and slices > abs(7.8 - 5.8) / 6.8 / 2
+    assert latency.drift(flat(steady), starts) < 0.02
+    assert latency.slice_medians(flat(wander), starts) == pytest.approx([5.8, 6.8, 7.8], abs=0.03)
+    # Under 3 slices (a one-block bench) there is nothing to estimate it from; a slice under 5 calls does not count.
+    assert latency.drift(flat(wander[:2]), starts[:2]) is None
+    assert latency.drift(flat(wander[:2]) + [9.0] * 4, starts) is None
+    # The row's noise is the larger of the two, and both are kept.
+    worker = latency.Worker("keras", Path("m.keras"), "keras", 1, Path("i.npz"), times=flat(wander), slices=starts,
+                            ready={"load_ms": 1.0, "first_inference_ms": 1.0})
+    fields = bench_run._measured_fields(worker, {"peak_rss_mb": 2.0, "baseline_rss_mb": 1.0})
+    assert fields["noise"] == fields["noise_parts"]["slices"] == round(slices, 4)
+    assert fields["noise_parts"]["calls"] == round(calls, 4) and len(fields["latency_ms"]["slice_p50"]) == 3
 
 def test_accuracy_metrics_by_hand():
     probs = np.array([[0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.6, 0.3, 0.1], [0.2, 0.3, 0.5]])
