@@ -14,6 +14,10 @@ its p50 from the first run to the second:
   timed in the same rounds: a reference that shares the file's runtime and
   threads, so host drift cancels best in it.
 
+Beside them, ``noise``: the two medians' own noise (each row's ``noise``,
+root-sum-squared), and a ``*`` where the p50 moved by more than that, i.e. by
+more than the two runs' timings could tell apart.
+
 It prints every row, worst first, and the worst of each. ``--within F`` exits 1
 when a p50 changed by more than the fraction F (e.g. 0.10): the check that two
 runs "agree within 10%". The gate judges regressions; this measures the host.
@@ -23,6 +27,7 @@ Exit codes: 0, 1 (outside ``--within``), 2 (an input that is not a results.json)
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 from typing import Optional
@@ -60,7 +65,9 @@ def shifts(baseline: dict, current: dict) -> list[dict]:
             continue
         row = {"target": key[0], "artifact": key[1], "threads": cur["threads"],
                "p50_ms": [base["latency_ms"]["p50"], cur["latency_ms"]["p50"]],
-               "p50": cur["latency_ms"]["p50"] / base["latency_ms"]["p50"] - 1}
+               "p50": cur["latency_ms"]["p50"] / base["latency_ms"]["p50"] - 1,
+               # Results from before the noise field have none: no judgement there.
+               "noise": math.hypot(base["noise"], cur["noise"]) if "noise" in base and "noise" in cur else None}
         same_threads = "ratio_to_keras_at_threads" in base and "ratio_to_keras_at_threads" in cur
         before, after = _ratio_to_keras(base_rows, base, same_threads), _ratio_to_keras(cur_rows, cur, same_threads)
         row["vs_keras"] = after / before - 1 if before and after else None
@@ -78,22 +85,33 @@ def worst(rows: list[dict], measure: str) -> Optional[dict]:
     return max(applicable, key=lambda r: abs(r[measure])) if applicable else None
 
 
+def beyond_noise(row: dict) -> bool:
+    """The p50 moved by more than the two medians' measured noise: more than the runs' own timings explain."""
+    return row["noise"] is not None and abs(row["p50"]) > row["noise"]
+
+
 def _pct(value: Optional[float]) -> str:
     return "" if value is None else f"{100 * value:+.1f}%"
 
 
 def report(rows: list[dict], baseline: dict, current: dict, within: Optional[float]) -> list[str]:
-    lines = [f"{'target':13s} {'file':46s} thr {'p50 ms':>17s} {'p50':>7s} {'vs Keras':>8s} {'vs fp32':>7s}"]
+    lines = [f"{'target':13s} {'file':46s} thr {'p50 ms':>17s} {'p50':>7s} {'noise':>7s} {'vs Keras':>8s} {'vs fp32':>7s}"]
     for r in rows:
         a, b = r["p50_ms"]
+        noise = "" if r["noise"] is None else f"±{100 * r['noise']:.1f}%" + ("*" if beyond_noise(r) else " ")
         lines.append(f"{r['target']:13s} {r['artifact'][:46]:46s} {r['threads']:3d} {a:8.3f}->{b:<8.3f} "
-                     f"{_pct(r['p50']):>7s} {_pct(r['vs_keras']):>8s} {_pct(r['vs_fp32']):>7s}")
+                     f"{_pct(r['p50']):>7s} {noise:>8s}{_pct(r['vs_keras']):>8s} {_pct(r['vs_fp32']):>7s}")
     for measure in MEASURES:
         w = worst(rows, measure)
         if w is not None:
             over = "" if within is None else \
                 f"; {sum(1 for r in rows if r[measure] is not None and abs(r[measure]) > within)} over {100 * within:g}%"
             lines.append(f"worst {measure:8s} {100 * abs(w[measure]):5.1f}% ({w['artifact']} on {w['target']}){over}")
+    judged = [r for r in rows if r["noise"] is not None]
+    if judged:
+        beyond = [r for r in judged if beyond_noise(r)]
+        lines.append(f"p50 moved beyond its measured noise (*): {len(beyond)} of {len(judged)} rows; "
+                     f"the widest noise ±{100 * max(r['noise'] for r in judged):.1f}%")
     seconds = [run["benchmark"]["seconds"] for run in (baseline, current)]
     lines.append(f"bench seconds {seconds[0]} and {seconds[1]}; {len(rows)} file x target rows in both")
     return lines

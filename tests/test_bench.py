@@ -419,6 +419,16 @@ def test_repeatability_measures_two_runs_and_within_fails_only_on_a_p50_that_mov
         if (row["target"], row["artifact"]) == ("phone-little", "tflite-int8"):
             row["latency_ms"]["p50"] *= 1.3
     assert abs(repeatability.shifts(results, one)[0]["vs_fp32"] - 0.3) < 1e-9
+    # Beyond the noise the two runs measured (root-sum-squared) or not: 30% against ±7.1% is, against ±35.4% is not.
+    for run in (results, one):
+        for row in run["benchmark"]["rows"]:
+            row["noise"] = 0.05
+    steady = repeatability.shifts(results, one)[0]
+    assert steady["noise"] == pytest.approx(0.0707, abs=1e-4) and repeatability.beyond_noise(steady)
+    wandering = copy.deepcopy(one)
+    for row in wandering["benchmark"]["rows"]:
+        row["noise"] = 0.35
+    assert not repeatability.beyond_noise(repeatability.shifts(results, wandering)[0])
 
     base = tmp_path / "first.json"
     base.write_text(json.dumps(results))
@@ -430,7 +440,10 @@ def test_repeatability_measures_two_runs_and_within_fails_only_on_a_p50_that_mov
     second.write_text(json.dumps(one))
     out = subprocess.run(cli + [str(second), "--within", "0.10"], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert out.returncode == 1, out.stdout + out.stderr
-    assert "30.0% (tflite-int8 on phone-little); 1 over 10%" in out.stdout.splitlines()[-4]
+    assert "30.0% (tflite-int8 on phone-little); 1 over 10%" in out.stdout
+    assert "p50 moved beyond its measured noise (*): 1 of " in out.stdout
+    assert next(line for line in out.stdout.splitlines() if " tflite-int8 " in line and "phone-little" in line
+                ).split()[5] == "±7.1%*"
     missing = subprocess.run(cli + [str(tmp_path / "none.json")], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert missing.returncode == 2 and "does not exist" in missing.stderr
 
