@@ -5,7 +5,8 @@ compiled ``tf.function``, batch 1, same thread count) is started; all are
 timed round by round in the same run (``benchmarks.latency``), then asked for
 their peak memory and their predictions on the test split. Every figure is
 also given as a ratio to the Keras model measured beside it, the figure that
-holds across machines of different speed. Writes ``bench/results.json`` and
+holds across machines of different speed. Returns what the bench stage
+writes to ``bench/results.json`` (with the build's timings) and renders as
 the report (``report/``).
 """
 
@@ -30,7 +31,6 @@ from exporters import registry
 from core import layout, stats
 from core.errors import PipelineError
 from core.host import available_cpus
-from core.io import write_json
 from core.splits import load_split
 
 log = logging.getLogger("pipeline")
@@ -331,7 +331,7 @@ def host_info() -> dict:
 
 
 def benchmark(cfg, root: Path, progress: bool = True) -> dict:
-    """Benchmark the build under ``root``; write ``bench/results.json`` and return it."""
+    """Benchmark the build under ``root``: the results the bench stage writes to ``bench/results.json``."""
     started = time.time()
     settings = cfg.benchmark
     targets = load_targets(settings.targets_file, settings.targets)
@@ -419,6 +419,5 @@ def benchmark(cfg, root: Path, progress: bool = True) -> dict:
         "resizers": resized,
         "seconds": round(time.time() - started, 1),
     }
-    write_json(root / layout.BENCH_RESULTS, results)
     (work / "inputs.npz").unlink(missing_ok=True)  # a copy of the test split; the worker logs stay
     return results
