@@ -17,6 +17,8 @@ import sys
 from pathlib import Path
 from typing import Any, Optional
 
+from benchmarks import tables
+
 EXPORT_RESULTS = "export/results.json"
 BENCH_RESULTS = "bench/results.json"
 MANIFEST = "artifacts/manifest.json"
@@ -74,14 +76,6 @@ def _ratio(value: Any) -> str:
     return _num(value, ".3f" if value is None or abs(value) >= 0.1 else ".3g")
 
 
-def _cell(text: Any) -> str:
-    return " ".join(str(text).split()).replace("|", "\\|")
-
-
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in rows]
-    return lines
 
 
 def commit_text(manifest: Optional[dict]) -> str:
@@ -183,9 +177,9 @@ def export_table(export: dict) -> list[str]:
             f"{_num(latency, '.3f')} ({_ratio(ratio)})" if latency is not None else "—",
         ])
     header = ["file", "format", "status", "bytes", "gzip bytes", "sparsity", "test top-1 (images)", "Δ vs Keras (pp)",
-              "agreement", "max \\|Δp\\|", "quick ms (× Keras)"]
+              "agreement", "max |Δp|", "quick ms (× Keras)"]
     lines = ["### Exported files", ""]
-    lines += _table(header, rows)
+    lines += tables.markdown(header, rows)
     keras_top1 = (reference.get("accuracy") or {}).get("top1")
     lines += ["",
               f"The Keras model's test top-1: {_num(keras_top1, '.4f')}; always guessing the largest class: "
@@ -251,7 +245,7 @@ def proof_table(export: dict) -> list[str]:
         return []
     stats = export.get("statistics") or {}
     lines = ["### As accurate as the Keras model?", ""]
-    lines += _table(["format", "Δ top-1 pp [95%]", "lost / gained", "McNemar p", "verdict", "agreement test [95%]",
+    lines += tables.markdown(["format", "Δ top-1 pp [95%]", "lost / gained", "McNemar p", "verdict", "agreement test [95%]",
                      "agreement val (images)", "agreement train, uncalibrated (images)",
                      "agreement where Keras is confident", "KL test", "recipe"], rows)
     lines += ["", f"Test split, paired with the Keras model on the same images: interval {stats.get('interval', '—')}; "
@@ -259,7 +253,7 @@ def proof_table(export: dict) -> list[str]:
               f"chosen on the {stats.get('choices_made_on', 'validation split')}.", ""]
     if attempts:
         lines += ["#### Repair attempts (validation split)", ""]
-        lines += _table(["format", "recipe", "val agreement", "val Δ top-1 pp [95%]", "val verdict", "seconds",
+        lines += tables.markdown(["format", "recipe", "val agreement", "val Δ top-1 pp [95%]", "val verdict", "seconds",
                          "chosen"], attempts)
         lines.append("")
     return lines
@@ -304,7 +298,7 @@ def bench_tables(b: dict) -> list[str]:
                 "—" if budget is None else ("within" if budget.get("passed") else "over: " + "; ".join(
                     budget.get("failures") or [])),
             ])
-        lines += _table(["file", "top-1 (images)", "Δ vs Keras (pp)", "p50 ms", "p90 ms", "p50 × Keras",
+        lines += tables.markdown(["file", "top-1 (images)", "Δ vs Keras (pp)", "p50 ms", "p90 ms", "p50 × Keras",
                          "p90 × Keras", "mixed p50 × all-int8", "runs", "peak RSS MiB", "bytes", "budget"], rows)
         lines.append("")
     return lines
@@ -321,7 +315,7 @@ def throughput_table(t: dict) -> list[str]:
         wait = r.get("data_wait_fraction")
         rows.append([str(p.get("epoch")), _num(p.get("images_per_s"), ",.0f"), _num(r.get("images_per_s"), ",.1f"),
                      _num(None if wait is None else 100 * wait, ".2f") + ("%" if wait is not None else "")])
-    lines += _table(["epoch", "input pipeline alone (images/s)", "training (images/s)", "step time waiting for data"],
+    lines += tables.markdown(["epoch", "input pipeline alone (images/s)", "training (images/s)", "step time waiting for data"],
                     rows)
     s = t.get("steady_state") or {}
     lines += ["", f"Steady state (epochs {', '.join(map(str, s.get('epochs', [])))}): the pipeline delivered "

@@ -26,7 +26,7 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-from benchmarks import report_accuracy, report_flips, report_resizers, report_timings, selfcheck
+from benchmarks import report_accuracy, report_flips, report_resizers, report_timings, selfcheck, tables
 from benchmarks.plotting import annotate_cells, set_log_x
 from core import layout
 from core.io import atomic_path, write_text
@@ -125,6 +125,7 @@ def _best_cells(bench: dict, by_target: dict) -> list[list[str]]:
     return out
 
 
+BEST_COLUMNS = ("target", "best file", "p50 ms", "×Keras", "top-1", "size MiB")
 SELF_CHECK_COLUMNS = ["target", "file", "threads", "p50 ms bench / alone", "p90 ms bench / alone", "p99 ×",
                       "host tail (p99/p50 alone)", "verdict"]
 
@@ -171,28 +172,23 @@ def markdown(results: dict) -> str:
         "",
         "## Best file per target",
         "",
-        "| target | best file | p50 ms | ×Keras | top-1 | size MiB |",
-        "|---|---|---|---|---|---|",
     ]
-    lines += ["| " + " | ".join(cells) + " |" for cells in _best_cells(bench, by_target)]
+    lines += tables.markdown(BEST_COLUMNS, _best_cells(bench, by_target))
     lines += ["", "## Over budget", ""]
     if bench["failures"]:
         lines += [f"- **{f['artifact']}** on {f['target']}: {'; '.join(f['reasons'])}" for f in bench["failures"]]
     else:
         lines.append("Every file meets every budget of its targets.")
     for t in bench["targets"]:
-        lines += ["", f"## {_target_heading(t)}", "", "| " + " | ".join(COLUMNS) + " |",
-                  "|" + "---|" * len(COLUMNS)]
-        lines += ["| " + " | ".join(_cells(r)) + " |" for r in by_target[t["name"]]]
+        lines += ["", f"## {_target_heading(t)}", ""] + tables.markdown(COLUMNS, [_cells(r) for r in by_target[t["name"]]])
         note = keras_threads_note(by_target[t["name"]])
         if note:
             lines += ["", note]
     lines += ["", notes(results)]
     checked = bench.get("self_check") or []
     if checked:
-        lines += ["", "## Self-check: the harness against each file alone", "", _self_check_intro(checked), "",
-                  "| " + " | ".join(SELF_CHECK_COLUMNS) + " |", "|" + "---|" * len(SELF_CHECK_COLUMNS)]
-        lines += ["| " + " | ".join(_self_check_cells(e)) + " |" for e in checked]
+        lines += ["", "## Self-check: the harness against each file alone", "", _self_check_intro(checked), ""]
+        lines += tables.markdown(SELF_CHECK_COLUMNS, [_self_check_cells(e) for e in checked])
     lines += report_accuracy.markdown(results)
     lines += report_flips.markdown(results)
     lines += report_resizers.markdown(results)
@@ -316,10 +312,9 @@ def html_page(results: dict, images: list[Path]) -> str:
     ]
     md = markdown(results).split("\n")
     parts.append(f"<h1>{esc(md[0][2:])}</h1><p>{esc(md[2])}<br>{esc(md[3])}</p>")
-    parts.append("<h2>Best file per target</h2><table id='best'><tr><th>target</th><th>best file</th>"
-                 "<th>p50 ms</th><th>×Keras</th><th>top-1</th><th>size MiB</th></tr>")
-    parts += ["<tr>" + "".join(f"<td>{esc(c)}</td>" for c in cells) + "</tr>" for cells in _best_cells(bench, by_target)]
-    parts.append("</table><h2>Over budget</h2>")
+    parts.append("<h2>Best file per target</h2>")
+    parts.append(tables.html(BEST_COLUMNS, _best_cells(bench, by_target), table_id="best"))
+    parts.append("<h2>Over budget</h2>")
     if bench["failures"]:
         parts.append("<ul>" + "".join(f"<li><b>{esc(f['artifact'])}</b> on {esc(f['target'])}: "
                                       f"{esc('; '.join(f['reasons']))}</li>" for f in bench["failures"]) + "</ul>")
@@ -328,11 +323,9 @@ def html_page(results: dict, images: list[Path]) -> str:
     inline = {p.name: base64.b64encode(p.read_bytes()).decode() for p in images}
     for t in bench["targets"]:
         parts.append(f"<h2>{esc(_target_heading(t))}</h2>")
-        parts.append("<table class='results'><tr>" + "".join(f"<th>{esc(c)}</th>" for c in COLUMNS) + "</tr>")
-        for r in by_target[t["name"]]:
-            cls = r["origin"] if r["origin"] != "build" else ("fail" if not r["budget"]["passed"] else "ok")
-            parts.append(f"<tr class='{cls}'>" + "".join(f"<td>{esc(c)}</td>" for c in _cells(r)) + "</tr>")
-        parts.append("</table>")
+        rows = by_target[t["name"]]
+        parts.append(tables.html(COLUMNS, [_cells(r) for r in rows], css="results", row_classes=[
+            r["origin"] if r["origin"] != "build" else ("fail" if not r["budget"]["passed"] else "ok") for r in rows]))
         note = keras_threads_note(by_target[t["name"]])
         if note:
             parts.append(f"<p>{esc(note)}</p>")
@@ -345,11 +338,9 @@ def html_page(results: dict, images: list[Path]) -> str:
     parts.append(f"<p>{esc(notes(results))}" + (f"<br>{esc(legend)}" if legend else "") + "</p>")
     checked = bench.get("self_check") or []
     if checked:
-        parts.append(f"<h2>Self-check: the harness against each file alone</h2><p>{esc(_self_check_intro(checked))}</p>"
-                     "<table class='selfcheck'><tr>" + "".join(f"<th>{esc(c)}</th>" for c in SELF_CHECK_COLUMNS) + "</tr>")
-        parts += ["<tr" + ("" if e["agrees"] else " class='fail'") + ">" +
-                  "".join(f"<td>{esc(c)}</td>" for c in _self_check_cells(e)) + "</tr>" for e in checked]
-        parts.append("</table>")
+        parts.append(f"<h2>Self-check: the harness against each file alone</h2><p>{esc(_self_check_intro(checked))}</p>")
+        parts.append(tables.html(SELF_CHECK_COLUMNS, [_self_check_cells(e) for e in checked], css="selfcheck",
+                                 row_classes=["" if e["agrees"] else "fail" for e in checked]))
     parts += report_accuracy.html(results, inline)
     parts += report_flips.html(results, inline)
     parts += report_resizers.html(results)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import html as _html
 from typing import Optional
 
+from benchmarks import tables
 from core import sensitivity
 
 TOP_LAYERS = 15
@@ -167,12 +168,6 @@ def _sensitivity_intro(results: dict) -> str:
             f"hurts that layer more); the {min(TOP_LAYERS, len(s['layers']))} most sensitive of {len(s['layers'])}.")
 
 
-def _md_table(header, rows: list[list[str]]) -> list[str]:
-    cell = lambda c: " ".join(str(c).split()).replace("|", "\\|")  # noqa: E731
-    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + \
-        ["| " + " | ".join(cell(c) for c in row) + " |" for row in rows]
-
-
 ACCURACY_HEADING = "Accuracy against the Keras model (test split, paired)"
 REPAIR_HEADING = "Repair (chosen on the validation split)"
 REPAIR_INTRO = ("Each int8 file's recipe was chosen on the validation split; the test split above only gives the "
@@ -185,32 +180,28 @@ def markdown(results: dict) -> list[str]:
     lines: list[str] = []
     rows = paired_rows(results)
     if rows:
-        lines += ["", f"## {ACCURACY_HEADING}", ""] + _md_table(PAIRED_COLUMNS, [cells for _, cells in rows])
+        lines += ["", f"## {ACCURACY_HEADING}", ""] + tables.markdown(PAIRED_COLUMNS, [cells for _, cells in rows])
         if methods_line(results):
             lines += ["", methods_line(results)]
         if warnings(results):
             lines += [""] + [f"- {w}" for w in warnings(results)]
-    tables = repair_tables(results)
-    if tables:
+    repairs = repair_tables(results)
+    if repairs:
         lines += ["", f"## {REPAIR_HEADING}", "", REPAIR_INTRO]
-        for a, attempts in tables:
+        for a, attempts in repairs:
             lines += ["", f"### {a['format']}", ""]
             if _repair_note(a):
                 lines += [_repair_note(a) + ".", ""]
-            lines += _md_table(ATTEMPT_COLUMNS, [cells for _, cells in attempts])
+            lines += tables.markdown(ATTEMPT_COLUMNS, [cells for _, cells in attempts])
     sens = sensitivity_rows(results)
     if sens:
         lines += ["", f"## {SENSITIVITY_HEADING}", "", _sensitivity_intro(results), ""]
-        lines += _md_table(SENSITIVITY_COLUMNS, sens)
+        lines += tables.markdown(SENSITIVITY_COLUMNS, sens)
     return lines
 
 
 def _html_table(cls: str, header, rows: list[tuple[str, list[str]]]) -> str:
-    esc = _html.escape
-    out = [f"<table class='{cls}'><tr>" + "".join(f"<th>{esc(h)}</th>" for h in header) + "</tr>"]
-    out += [f"<tr class='{esc(row_cls)}'>" + "".join(f"<td>{esc(c)}</td>" for c in cells) + "</tr>"
-            for row_cls, cells in rows]
-    return "\n".join(out + ["</table>"])
+    return tables.html(header, [cells for _, cells in rows], css=cls, row_classes=[row_cls for row_cls, _ in rows])
 
 
 def html(results: dict, inline: dict[str, str]) -> list[str]:
@@ -225,10 +216,10 @@ def html(results: dict, inline: dict[str, str]) -> list[str]:
             parts.append(f"<p>{esc(methods_line(results))}</p>")
         if warnings(results):
             parts.append("<ul class='warnings'>" + "".join(f"<li>{esc(w)}</li>" for w in warnings(results)) + "</ul>")
-    tables = repair_tables(results)
-    if tables:
+    repairs = repair_tables(results)
+    if repairs:
         parts.append(f"<h2>{esc(REPAIR_HEADING)}</h2><p>{esc(REPAIR_INTRO)}</p>")
-        for a, attempts in tables:
+        for a, attempts in repairs:
             parts.append(f"<h3>{esc(a['format'])}</h3>")
             if _repair_note(a):
                 parts.append(f"<p>{esc(_repair_note(a))}.</p>")

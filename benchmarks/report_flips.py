@@ -13,6 +13,8 @@ from __future__ import annotations
 import html as _html
 from typing import Optional
 
+from benchmarks import tables
+
 HEADING = "Where each lossy file differs from Keras (test split)"
 MOST = 5  # flips named per file in the table
 MAX_CLASSES = 20  # classes drawn per matrix: those with the most flips
@@ -58,8 +60,7 @@ def markdown(results: dict) -> list[str]:
     rows = table_rows(results)
     if not rows:
         return []
-    lines = ["", f"## {HEADING}", "", INTRO, "", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    return lines + ["| " + " | ".join(cells) + " |" for cells in rows]
+    return ["", f"## {HEADING}", "", INTRO, ""] + tables.markdown(COLUMNS, rows)
 
 
 def html(results: dict, inline: dict[str, str]) -> list[str]:
@@ -67,10 +68,7 @@ def html(results: dict, inline: dict[str, str]) -> list[str]:
     if not rows:
         return []
     esc = _html.escape
-    out = [f"<h2>{esc(HEADING)}</h2><p>{esc(INTRO)}</p><table class='flips'><tr>"
-           + "".join(f"<th>{esc(c)}</th>" for c in COLUMNS) + "</tr>"]
-    out += ["<tr>" + "".join(f"<td>{esc(c)}</td>" for c in cells) + "</tr>" for cells in rows]
-    out.append("</table>")
+    out = [f"<h2>{esc(HEADING)}</h2><p>{esc(INTRO)}</p>", tables.html(COLUMNS, rows, css="flips")]
     if "flips.png" in inline:
         out.append(f"<img class='plot' alt='flips.png' src='data:image/png;base64,{inline['flips.png']}'>")
     return out

@@ -15,6 +15,7 @@ from __future__ import annotations
 import html as _html
 from typing import Optional
 
+from benchmarks import tables
 from benchmarks.report_accuracy import agreement_text, delta_text
 
 HEADING = "The app's resize: each file on the test photos resized as apps do"
@@ -74,10 +75,8 @@ def markdown(results: dict) -> list[str]:
     lines = ["", f"## {HEADING}", ""]
     if not section["applies"]:
         return lines + [f"Not measured: {section['reason']}."]
-    lines += [" ".join(intro(section)), "", "| " + " | ".join(RESIZER_COLUMNS) + " |", "|" + "---|" * len(RESIZER_COLUMNS)]
-    lines += ["| " + " | ".join(c.replace("|", "\\|") for c in _resizer_cells(r)) + " |" for r in section["resizers"]]
-    lines += ["", "| " + " | ".join(ROW_COLUMNS) + " |", "|" + "---|" * len(ROW_COLUMNS)]
-    lines += ["| " + " | ".join(_row_cells(r)) + " |" for r in _ordered(section["rows"])]
+    lines += [" ".join(intro(section)), ""] + tables.markdown(RESIZER_COLUMNS, [_resizer_cells(r) for r in section["resizers"]])
+    lines += [""] + tables.markdown(ROW_COLUMNS, [_row_cells(r) for r in _ordered(section["rows"])])
     return lines
 
 
@@ -90,10 +89,6 @@ def html(results: dict) -> list[str]:
     if not section["applies"]:
         return parts + [f"<p>Not measured: {esc(section['reason'])}.</p>"]
     parts.append("<p>" + "<br>".join(esc(s) for s in intro(section)) + "</p>")
-    parts.append("<table class='resizers'><tr>" + "".join(f"<th>{esc(c)}</th>" for c in RESIZER_COLUMNS) + "</tr>")
-    parts += ["<tr>" + "".join(f"<td>{esc(c)}</td>" for c in _resizer_cells(r)) + "</tr>" for r in section["resizers"]]
-    parts.append("</table>")
-    parts.append("<table class='resizer-rows'><tr>" + "".join(f"<th>{esc(c)}</th>" for c in ROW_COLUMNS) + "</tr>")
-    parts += ["<tr>" + "".join(f"<td>{esc(c)}</td>" for c in _row_cells(r)) + "</tr>" for r in _ordered(section["rows"])]
-    parts.append("</table>")
+    parts.append(tables.html(RESIZER_COLUMNS, [_resizer_cells(r) for r in section["resizers"]], css="resizers"))
+    parts.append(tables.html(ROW_COLUMNS, [_row_cells(r) for r in _ordered(section["rows"])], css="resizer-rows"))
     return parts

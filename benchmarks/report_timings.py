@@ -14,6 +14,8 @@ from __future__ import annotations
 import html as _html
 from typing import Optional
 
+from benchmarks import tables
+
 HEADING = "Build time"
 STEPS = ("repair", "convert", "validate", "inspect", "latency")
 STAGE_COLUMNS = ("stage", "seconds", "share")
@@ -65,8 +67,7 @@ def markdown(results: dict) -> list[str]:
         return []
     lines = ["", f"## {HEADING}", "", intro(timings)]
     for columns, rows in _tables(timings):
-        lines += ["", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-        lines += ["| " + " | ".join(cells) + " |" for cells in rows]
+        lines += [""] + tables.markdown(columns, rows)
     return lines
 
 
@@ -76,8 +77,5 @@ def html(results: dict) -> list[str]:
         return []
     esc = _html.escape
     parts = [f"<h2>{esc(HEADING)}</h2>", f"<p>{esc(intro(timings))}</p>"]
-    for columns, rows in _tables(timings):
-        parts.append("<table class='timings'><tr>" + "".join(f"<th>{esc(c)}</th>" for c in columns) + "</tr>")
-        parts += ["<tr>" + "".join(f"<td>{esc(c)}</td>" for c in cells) + "</tr>" for cells in rows]
-        parts.append("</table>")
+    parts += [tables.html(columns, rows, css="timings") for columns, rows in _tables(timings)]
     return parts
