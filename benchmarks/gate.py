@@ -93,8 +93,13 @@ def latency_ratio(row: dict, keras: dict, same_threads: bool) -> tuple[float, fl
     return row["ratio_to_keras"]["p50"], keras["noise"]
 
 
-def compare(baseline: dict, current: dict, check_budgets: bool = False) -> list[str]:
-    """One line per regression (empty: the gate passes)."""
+def compare(baseline: dict, current: dict, check_budgets: bool = False,
+            sensitivity: Optional[dict] = None) -> list[str]:
+    """One line per regression (empty: the gate passes).
+
+    ``sensitivity``, when given, receives for every file x target compared on latency its
+    budget and the runs' measured noise (fractions): the gate flags a rise beyond both.
+    """
     base_rows, cur_rows = rows_by_key(baseline), rows_by_key(current)
     regression = {t["name"]: t["regression"] for t in current["benchmark"]["targets"]}
     failures = []
@@ -117,6 +122,8 @@ def compare(baseline: dict, current: dict, check_budgets: bool = False) -> list[
         cur_ratio, cur_keras_noise = latency_ratio(cur, _keras(cur_rows, target), same_threads)
         rise = cur_ratio / base_ratio - 1
         noise = _noise(base["noise"], base_keras_noise, cur["noise"], cur_keras_noise)
+        if sensitivity is not None:
+            sensitivity[(target, artifact)] = (budget["latency_pct"] / 100, noise)
         if rise > budget["latency_pct"] / 100 and rise > noise:
             at = f" at {cur['threads']} thread(s)" if same_threads else ""
             failures.append(f"{artifact} on {target}: p50 latency ratio to Keras{at} {base_ratio:.3f} -> {cur_ratio:.3f} "
@@ -138,7 +145,8 @@ def main(argv=None) -> int:
     if pair is None:
         return 2
     baseline, current = pair
-    failures = compare(baseline, current, args.budgets)
+    sensitivity: dict = {}
+    failures = compare(baseline, current, args.budgets, sensitivity)
     checked = sum(1 for key in rows_by_key(baseline) if key[1] != "keras")
     if failures:
         print(f"gate FAILED: {len(failures)} regression(s) against {args.baseline}:")
@@ -146,7 +154,25 @@ def main(argv=None) -> int:
             print(f"  {line}")
         return 1
     print(f"gate passed: {checked} file x target results within budget of {args.baseline}")
+    line = sensitivity_line(sensitivity)
+    if line:
+        print(line)
     return 0
+
+
+def sensitivity_line(sensitivity: dict) -> Optional[str]:
+    """What a pass is worth: the smallest slowdown the gate could have flagged, and where noise widened it."""
+    if not sensitivity:
+        return None
+    widened = {key: noise for key, (budget, noise) in sensitivity.items() if noise > budget}
+    budgets = sorted({f"{100 * budget:g}%" for budget, _ in sensitivity.values()})
+    line = (f"sensitivity: a latency ratio rise beyond the budget ({', '.join(budgets)}) would fail "
+            f"{len(sensitivity) - len(widened)} of {len(sensitivity)} file x target")
+    if widened:
+        (target, artifact), widest = max(widened.items(), key=lambda item: item[1])
+        line += (f"; the other {len(widened)} need a rise beyond the runs' measured noise, "
+                 f"{100 * min(widened.values()):.1f}% to {100 * widest:.1f}% (widest: {artifact} on {target})")
+    return line
 
 
 if __name__ == "__main__":

@@ -379,7 +379,19 @@ def test_gate_rise_within_noise_or_budget_passes(built):
     for row in noisy["benchmark"]["rows"]:
         row["ratio_to_keras_at_threads"]["p50"] *= 1.2  # 26% in all, but the runs measured ±20% noise
         row["noise"] = row["ratio_to_keras_at_threads"]["keras_noise"] = 0.2
-    assert gate.compare(results, noisy) == []
+    wide: dict = {}
+    assert gate.compare(results, noisy, sensitivity=wide) == []
+    # A pass says what it was worth: here no file x target could have failed on a rise under 28%.
+    assert wide and all(noise >= 0.2 * 2 ** 0.5 > budget == 0.1 for budget, noise in wide.values())
+    assert f"would fail 0 of {len(wide)} file x target; the other {len(wide)} need a rise beyond" in \
+        gate.sensitivity_line(wide)
+    quiet = copy.deepcopy(results)
+    for row in quiet["benchmark"]["rows"]:
+        row["noise"] = row["ratio_to_keras_at_threads"]["keras_noise"] = 0.01
+    narrow: dict = {}
+    assert gate.compare(quiet, quiet, sensitivity=narrow) == []
+    assert all(v == (0.1, pytest.approx(0.02)) for v in narrow.values())
+    assert gate.sensitivity_line(narrow).endswith(f"would fail {len(narrow)} of {len(narrow)} file x target")
     # --budgets: the new run's own budget failures fail the gate too.
     over = copy.deepcopy(results)
     over["benchmark"]["failures"] = [{"target": "edge-box", "artifact": "onnx-fp32", "reasons": ["p90 9 ms > 1 ms"]}]
