@@ -76,15 +76,16 @@ def slice_medians(times_ms: list[float], starts: list[int]) -> list[float]:
     return [float(np.median(p)) for p in parts if len(p) >= MIN_SLICE_RUNS]
 
 
-def drift(times_ms: list[float], starts: list[int]) -> Optional[float]:
+def slice_noise(times_ms: list[float], starts: list[int]) -> Optional[float]:
     """Relative half-width of a 95% interval of the median from its slices' medians (batch means); None under 3 slices.
 
     The binomial interval of :func:`median_ci95` treats every call as independent. A
     runtime whose speed wanders for seconds at a time breaks that: TensorFlow's 1-thread
     Keras model, timed alone in one process in 4-second windows, had window medians
     from 5.8 to 7.8 ms, and its p50 moved 13-15% between two benches whose binomial
-    intervals were ±0.7%. The slices of a bench are minutes apart, so their medians
-    are close to independent, and their Student-t interval covers that wander.
+    intervals were ±0.7%. One target's slices are spread over the whole bench (on
+    flowers, about a minute apart), so their medians are close to independent, and
+    their Student-t interval covers that wander.
     """
     from scipy.stats import t
 

@@ -61,7 +61,8 @@ def _cells(row: dict) -> list[str]:
     return [
         _label(row), _mib(row["bytes"]), _mib(row["gzip_bytes"]),
         _num(acc["top1"], "{:.4f}") if acc else "n/a", _num(acc["delta_pp"], "{:+.2f}") if acc else "n/a",
-        _num(lat["p50"], "{:.3f}"), _num(100 * row["noise"] if "noise" in row else None, "{:.1f}%"), _num(lat["p90"], "{:.3f}"), _num(lat["p99"], "{:.3f}"),
+        _num(lat["p50"], "{:.3f}"), _num(100 * row["noise"] if "noise" in row else None, "{:.1f}%"),
+        _num(lat["p90"], "{:.3f}"), _num(lat["p99"], "{:.3f}"),
         _num(row["ratio_to_keras"].get("p50"), "{:.3f}"),
         _num(row["cold_start"]["load_ms"], "{:.1f}"), _num(row["cold_start"]["first_inference_ms"], "{:.1f}"),
         _num(row["memory"]["peak_rss_mb"], "{:.0f}"),
@@ -90,8 +91,8 @@ def _best_row(rows: list[dict], best: Optional[str]) -> Optional[dict]:
 
 
 NOTE = ("p50/p90/p99: single-image latency percentiles; p50 ±: half-width of the median's 95% interval, the "
-        "wider of the one over single calls and the one over the blocks' medians (speed that wanders for seconds); ×Keras: ratio to the Keras model (compiled "
-        "tf.function, batch 1) timed in the same run at its fastest thread count up to the target's; % of peak: "
+        "wider of the one over single calls and the one over the blocks' medians (speed that wanders for seconds); "
+        "×Keras: ratio to the Keras model (compiled tf.function, batch 1) timed in the same run at its fastest thread count up to the target's; % of peak: "
         "achieved multiply-accumulates per second against this host's measured GEMM peak at the same thread count "
         "(int8 peak for full-integer files).")
 REFERENCE_NOTE = "Reference rows are published files with other labels: no accuracy."

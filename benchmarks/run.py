@@ -25,7 +25,7 @@ import numpy as np
 from benchmarks import accuracy, efficiency, resizers, selfcheck
 from benchmarks.candidates import KERAS_KEY, candidates, reference_files
 from benchmarks.inputs import input_size, write_inputs
-from benchmarks.latency import Worker, WorkerError, drift, interleave, relative_ci, slice_medians, slug, summarize
+from benchmarks.latency import Worker, WorkerError, interleave, relative_ci, slice_medians, slice_noise, slug, summarize
 from benchmarks.targets import Target, load_targets
 from exporters import registry
 from core import layout, stats
@@ -275,7 +275,7 @@ def _keras_at_its_best(row: dict, fewer: dict) -> None:
 def _measured_fields(worker: Worker, memory: dict) -> dict:
     """A row's figures from its worker: latency and its noise, cold start, memory."""
     stats = summarize(worker.times)
-    within, between = relative_ci(stats), drift(worker.times, worker.slices)
+    within, between = relative_ci(stats), slice_noise(worker.times, worker.slices)
     stats["slice_p50"] = [round(m, 4) for m in slice_medians(worker.times, worker.slices)]
     # The larger of the two: a runtime whose speed wanders between slices is only as steady as its slices agree.
     return {"latency_ms": stats, "noise": round(max(within, between or 0.0), 4),

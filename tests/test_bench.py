@@ -619,14 +619,14 @@ def test_noise_covers_speed_that_wanders_between_slices():
     starts = [0, 300, 600]
     flat = lambda slices: [t for s in slices for t in s]  # noqa: E731
     calls = latency.relative_ci(latency.summarize(flat(wander)))
-    slices = latency.drift(flat(wander), starts)
+    slices = latency.slice_noise(flat(wander), starts)
     # The binomial interval of 900 calls is narrow; the slices' spread is the real uncertainty of this median.
     assert slices > 5 * calls and slices > abs(7.8 - 5.8) / 6.8 / 2
-    assert latency.drift(flat(steady), starts) < 0.02
+    assert latency.slice_noise(flat(steady), starts) < 0.02
     assert latency.slice_medians(flat(wander), starts) == pytest.approx([5.8, 6.8, 7.8], abs=0.03)
     # Under 3 slices (a one-block bench) there is nothing to estimate it from; a slice under 5 calls does not count.
-    assert latency.drift(flat(wander[:2]), starts[:2]) is None
-    assert latency.drift(flat(wander[:2]) + [9.0] * 4, starts) is None
+    assert latency.slice_noise(flat(wander[:2]), starts[:2]) is None
+    assert latency.slice_noise(flat(wander[:2]) + [9.0] * 4, starts) is None
     # The row's noise is the larger of the two, and both are kept.
     worker = latency.Worker("keras", Path("m.keras"), "keras", 1, Path("i.npz"), times=flat(wander), slices=starts,
                             ready={"load_ms": 1.0, "first_inference_ms": 1.0})
