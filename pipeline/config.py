@@ -486,8 +486,9 @@ class BenchmarkConfig(_Section):
     blocks: int = Field(
         default=3, ge=1, le=100,
         description="slices each target's timing is split into, spread over the whole benchmark (the targets take "
-                    "turns); 1 times each target in one stretch and may stop early once every median is within "
-                    "`rel_ci`")
+                    "turns); from 3, each median's noise also covers the spread of its slices' medians, for a "
+                    "runtime whose speed wanders for seconds; 1 times each target in one stretch and may stop early "
+                    "once every median is within `rel_ci`")
     accuracy_images: Optional[int] = Field(
         default=None, ge=1, description="test images for the per-target accuracy; null uses the whole test split")
     peak_seconds: float = Field(
