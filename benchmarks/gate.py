@@ -166,12 +166,12 @@ def sensitivity_line(sensitivity: dict) -> Optional[str]:
         return None
     widened = {key: noise for key, (budget, noise) in sensitivity.items() if noise > budget}
     budgets = sorted({f"{100 * budget:g}%" for budget, _ in sensitivity.values()})
-    line = (f"sensitivity: a latency ratio rise beyond the budget ({', '.join(budgets)}) would fail "
-            f"{len(sensitivity) - len(widened)} of {len(sensitivity)} file x target")
+    line = (f"sensitivity: {len(sensitivity) - len(widened)} of {len(sensitivity)} file x target would have failed "
+            f"on a latency ratio rise past the budget ({', '.join(budgets)})")
     if widened:
         (target, artifact), widest = max(widened.items(), key=lambda item: item[1])
-        line += (f"; the other {len(widened)} need a rise beyond the runs' measured noise, "
-                 f"{100 * min(widened.values()):.1f}% to {100 * widest:.1f}% (widest: {artifact} on {target})")
+        line += (f"; the other {len(widened)} only past their runs' measured noise "
+                 f"({100 * min(widened.values()):.1f}% to {100 * widest:.1f}%; widest: {artifact} on {target})")
     return line
 
 

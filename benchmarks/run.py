@@ -94,7 +94,8 @@ def _budget_notes(row: dict, lossless: bool = False) -> list[str]:
         return []
     low, high = paired["delta_interval_pp"]
     return [f"top-1 {paired['delta_pp']:+.2f} pp (95% {low:+.2f}..{high:+.2f}) neither within nor over "
-            f"the {paired['budget_pp']:g} pp budget on {paired['images']} test images"]
+            f"the {paired['budget_pp']:g} pp budget on {paired['images']} test images; "
+            f"{stats.settle_text(paired.get('images_to_settle'))}"]
 
 
 def _ratios(row: dict, keras: dict) -> dict:

@@ -165,6 +165,13 @@ class Paired:
         return out
 
 
+def settle_text(images_to_settle: Optional[int]) -> str:
+    """What would turn an ``unproven`` verdict into ``within`` or ``over`` (``Paired.images_to_settle``)."""
+    if images_to_settle:
+        return f"about {images_to_settle:,} test images in the same proportions would settle it"
+    return "no affordable number of test images settles it: the drop sits on the budget"
+
+
 def paired(reference_probs: np.ndarray, probs: np.ndarray, labels: np.ndarray,
            confidence: float = CONFIDENCE) -> Paired:
     """The paired table of ``probs`` against ``reference_probs`` on the images with ``labels``."""

@@ -53,9 +53,7 @@ class Validation:
         """Why this test set cannot tell whether the file meets its budget (None: it can)."""
         if self.max_accuracy_drop_pp is None or self.paired["verdict"] != "unproven":
             return None
-        needed = self.paired.get("images_to_settle")
-        settle = (f"about {needed:,} test images in the same proportions would settle it" if needed else
-                  "no affordable number of test images settles it: the drop sits on the budget")
+        settle = stats.settle_text(self.paired.get("images_to_settle"))
         return (f"top-1 {-self.accuracy_drop_pp + 0.0:+.2f} pp{self._interval()} is neither within nor over the "
                 f"{self.max_accuracy_drop_pp:g} pp budget on {self.images} test images (one image is "
                 f"{100 / max(self.images, 1):.2f} pp); {settle}")

@@ -383,15 +383,17 @@ def test_gate_rise_within_noise_or_budget_passes(built):
     assert gate.compare(results, noisy, sensitivity=wide) == []
     # A pass says what it was worth: here no file x target could have failed on a rise under 28%.
     assert wide and all(noise >= 0.2 * 2 ** 0.5 > budget == 0.1 for budget, noise in wide.values())
-    assert f"would fail 0 of {len(wide)} file x target; the other {len(wide)} need a rise beyond" in \
-        gate.sensitivity_line(wide)
+    assert gate.sensitivity_line(wide).startswith(
+        f"sensitivity: 0 of {len(wide)} file x target would have failed on a latency ratio rise past the budget "
+        f"(10%); the other {len(wide)} only past their runs' measured noise (")
     quiet = copy.deepcopy(results)
     for row in quiet["benchmark"]["rows"]:
         row["noise"] = row["ratio_to_keras_at_threads"]["keras_noise"] = 0.01
     narrow: dict = {}
     assert gate.compare(quiet, quiet, sensitivity=narrow) == []
     assert all(v == (0.1, pytest.approx(0.02)) for v in narrow.values())
-    assert gate.sensitivity_line(narrow).endswith(f"would fail {len(narrow)} of {len(narrow)} file x target")
+    assert gate.sensitivity_line(narrow) == (f"sensitivity: {len(narrow)} of {len(narrow)} file x target would have "
+                                             "failed on a latency ratio rise past the budget (10%)")
     # --budgets: the new run's own budget failures fail the gate too.
     over = copy.deepcopy(results)
     over["benchmark"]["failures"] = [{"target": "edge-box", "artifact": "onnx-fp32", "reasons": ["p90 9 ms > 1 ms"]}]
@@ -746,7 +748,10 @@ def test_a_targets_accuracy_budget_fails_a_file_only_when_its_whole_interval_is_
     assert _budget_failures(target, rows[3]) == []
     # Newcombe's interval for b=3, c=0, n=270: -3.22..+0.47 pp
     assert _budget_notes(rows[3]) == ["top-1 -1.11 pp (95% -3.22..+0.47) neither within nor over the 1 pp budget "
-                                      "on 270 test images"]
+                                      "on 270 test images; about "
+                                      f"{rows[3]['accuracy']['paired']['images_to_settle']:,} test images in the same "
+                                      "proportions would settle it"]
+    assert rows[3]["accuracy"]["paired"]["images_to_settle"] > 270
     (failure,) = _budget_failures(target, rows[30])
     assert failure.startswith("top-1 -11.11 pp vs Keras (95% ") and failure.endswith("over the 1 pp budget")
     assert _budget_notes(rows[30]) == []
