@@ -79,6 +79,14 @@ def _budget_failures(target: Target, row: dict) -> list[str]:
     return out
 
 
+def _log_label(row: dict) -> str:
+    """The row's name in the bench's log; the Keras row says when it runs at fewer threads than its target."""
+    kt = row.get("keras_threads")
+    if kt and kt["chosen"] != kt["target"]:
+        return f"{row['artifact']} at {kt['chosen']} thread(s): its fastest"
+    return row["artifact"]
+
+
 def _budget_notes(row: dict, lossless: bool = False) -> list[str]:
     """What the test split cannot tell about a row's accuracy budget: not a failure, said beside it.
 
@@ -384,7 +392,7 @@ def benchmark(cfg, root: Path, progress: bool = True) -> dict:
         for r in these:
             acc = f"top-1 {r['accuracy']['top1']:.4f}" if r["accuracy"] else "top-1 n/a"
             log.info("[bench] %-14s %-40s p50 %8.3f ms  p90 %8.3f ms  x%.3f Keras  %s  RSS %.0f MiB%s",
-                     target.name, r["artifact"], r["latency_ms"]["p50"], r["latency_ms"]["p90"],
+                     target.name, _log_label(r), r["latency_ms"]["p50"], r["latency_ms"]["p90"],
                      r["ratio_to_keras"]["p50"], acc, r["memory"]["peak_rss_mb"],
                      "" if not r["budget"] else ("  unproven: " + "; ".join(r["budget"]["notes"])
                                                  if r["budget"]["passed"] and r["budget"]["notes"] else
