@@ -80,8 +80,9 @@ def _keras(rows: dict, target: str) -> dict:
     return rows[(target, "keras")]
 
 
-def _noise(*noises: float) -> float:
-    """Relative noise of a change in ratio: the medians' relative half-widths, combined as independent errors."""
+def combined_noise(*noises: float) -> float:
+    """Relative noise of a change in a median or a ratio: the medians' relative half-widths, combined as
+    independent errors (root-sum-squared)."""
     return math.sqrt(sum(n ** 2 for n in noises))
 
 
@@ -121,7 +122,7 @@ def compare(baseline: dict, current: dict, check_budgets: bool = False,
         base_ratio, base_keras_noise = latency_ratio(base, _keras(base_rows, target), same_threads)
         cur_ratio, cur_keras_noise = latency_ratio(cur, _keras(cur_rows, target), same_threads)
         rise = cur_ratio / base_ratio - 1
-        noise = _noise(base["noise"], base_keras_noise, cur["noise"], cur_keras_noise)
+        noise = combined_noise(base["noise"], base_keras_noise, cur["noise"], cur_keras_noise)
         if sensitivity is not None:
             sensitivity[(target, artifact)] = (budget["latency_pct"] / 100, noise)
         if rise > budget["latency_pct"] / 100 and rise > noise:

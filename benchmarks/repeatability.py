@@ -27,12 +27,11 @@ Exit codes: 0, 1 (outside ``--within``), 2 (an input that is not a results.json)
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from pathlib import Path
 from typing import Optional
 
-from benchmarks.gate import latency_ratio, load_pair, rows_by_key
+from benchmarks.gate import combined_noise, latency_ratio, load_pair, rows_by_key
 
 MEASURES = ("p50", "vs_keras", "vs_fp32")
 
@@ -67,7 +66,7 @@ def shifts(baseline: dict, current: dict) -> list[dict]:
                "p50_ms": [base["latency_ms"]["p50"], cur["latency_ms"]["p50"]],
                "p50": cur["latency_ms"]["p50"] / base["latency_ms"]["p50"] - 1,
                # Results from before the noise field have none: no judgement there.
-               "noise": math.hypot(base["noise"], cur["noise"]) if "noise" in base and "noise" in cur else None}
+               "noise": combined_noise(base["noise"], cur["noise"]) if "noise" in base and "noise" in cur else None}
         same_threads = "ratio_to_keras_at_threads" in base and "ratio_to_keras_at_threads" in cur
         before, after = _ratio_to_keras(base_rows, base, same_threads), _ratio_to_keras(cur_rows, cur, same_threads)
         row["vs_keras"] = after / before - 1 if before and after else None

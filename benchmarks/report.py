@@ -92,7 +92,8 @@ def _best_row(rows: list[dict], best: Optional[str]) -> Optional[dict]:
 
 NOTE = ("p50/p90/p99: single-image latency percentiles; p50 ±: half-width of the median's 95% interval, the "
         "wider of the one over single calls and the one over the blocks' medians (speed that wanders for seconds); "
-        "×Keras: ratio to the Keras model (compiled tf.function, batch 1) timed in the same run at its fastest thread count up to the target's; % of peak: "
+        "×Keras: ratio to the Keras model (compiled tf.function, batch 1) timed in the same run at its fastest "
+        "thread count up to the target's; % of peak: "
         "achieved multiply-accumulates per second against this host's measured GEMM peak at the same thread count "
         "(int8 peak for full-integer files).")
 REFERENCE_NOTE = "Reference rows are published files with other labels: no accuracy."

@@ -350,7 +350,7 @@ def test_gate_passes_on_itself_and_fails_on_regressions(built, tmp_path):
     # (the gate forgives a rise within it; a CI host once measured more than the 43% that 30% faster is).
     rows = {(r["target"], r["artifact"]): r for r in results["benchmark"]["rows"]}
     file = rows[("phone-little", "tflite-int8")]
-    noise = gate._noise(file["noise"], file["ratio_to_keras_at_threads"]["keras_noise"]) * 2 ** 0.5
+    noise = gate.combined_noise(file["noise"], file["ratio_to_keras_at_threads"]["keras_noise"]) * 2 ** 0.5
     faster = copy.deepcopy(results)
     for row in faster["benchmark"]["rows"]:
         if (row["target"], row["artifact"]) == ("phone-little", "tflite-int8"):
@@ -470,7 +470,7 @@ def test_gate_compares_each_file_with_keras_at_the_files_own_thread_count(built)
     # Every multi-threaded figure slower, Keras at its best (1 thread) not: by at least 50%, and by three times the
     # noise that the old reading (against Keras at its best) measured, which a loaded CI host can push past 40%.
     rows = gate.rows_by_key(results)
-    slow = 1 + max([0.5] + [3 * gate._noise(r["noise"], rows[(r["target"], "keras")]["noise"]) * 2 ** 0.5
+    slow = 1 + max([0.5] + [3 * gate.combined_noise(r["noise"], rows[(r["target"], "keras")]["noise"]) * 2 ** 0.5
                             for r in results["benchmark"]["rows"] if r["target"] in several and r["origin"] != "keras"])
     shifted = copy.deepcopy(results)
     for row in shifted["benchmark"]["rows"]:
