@@ -15,7 +15,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $@
 
-.PHONY: venv export status verify bench bench-build bench-train report gate bench-compare figures docs matrix test test-slow probe clean
+.PHONY: venv export status verify bench bench-build bench-train report gate bench-compare steadiness figures docs matrix test test-slow probe clean
 venv: $(VENV)/.installed
 
 export: $(VENV)/.installed
@@ -61,6 +61,11 @@ bench-compare: $(VENV)/.installed
 	@test -n "$(BASELINE)" || { echo "usage: make bench-compare BASELINE=path/to/results.json [CONFIG=...]" >&2; exit 2; }
 	@root=$$($(PY) -m pipeline path --config $(CONFIG) $(foreach s,$(SET),--set $(s))) && \
 	$(PY) -m benchmarks.repeatability $(BASELINE) $$root/bench/results.json $(COMPARE_FLAGS)
+
+# Each file of the last bench timed alone, a fresh process per file and round: how far two runs of one file can agree
+# on this host with no harness at all (benchmarks/steadiness.py); STEADY_FLAGS="--targets phone-little --rounds 5".
+steadiness: $(VENV)/.installed
+	$(PY) -m benchmarks.steadiness $$($(PY) -m pipeline path --config $(CONFIG) $(foreach s,$(SET),--set $(s))) $(STEADY_FLAGS)
 
 # docs/measurements.md from build folders' results: make figures BUILD="build/quickstart build/flowers".
 FIGURES ?= docs/measurements.md

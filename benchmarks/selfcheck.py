@@ -116,7 +116,7 @@ def describe(entry: dict) -> str:
                if "repeat" in entry else ""))
 
 
-def _path(build: Path, row: dict) -> Path:
+def row_path(build: Path, row: dict) -> Path:
     """Where a bench row's file is: ``file`` is relative to the artifacts (ours), the build (Keras) or here."""
     from core import layout
 
@@ -125,30 +125,48 @@ def _path(build: Path, row: dict) -> Path:
     return Path(row["file"]) if row["origin"] == "reference" else build / row["file"]
 
 
+def last_bench_rows(build: Path) -> list[dict]:
+    """The rows of ``build``'s last bench; FileNotFoundError, with the remedy, when it has none."""
+    from core import layout
+
+    results_path = build / layout.BENCH_RESULTS
+    if not results_path.is_file():
+        raise FileNotFoundError(f"{results_path} not found; run the bench first (make bench).")
+    return json.loads(results_path.read_text(encoding="utf-8"))["benchmark"]["rows"]
+
+
+def row_files(build: Path, rows: list[dict]) -> dict:
+    """Each row's file by artifact key; FileNotFoundError, with the remedy, when one is gone."""
+    paths = {r["artifact"]: row_path(build, r) for r in rows}
+    missing = sorted({str(p) for p in paths.values() if not p.is_file()})
+    if missing:
+        raise FileNotFoundError(f"{', '.join(missing)} not found; run the export and bench again.")
+    return paths
+
+
+def one_image_inputs(build: Path, paths: dict, folder: Path) -> Path:
+    """The workers' input file: the build's first test image at every input size among ``paths``."""
+    from core import layout
+    from core.splits import load_split
+    from benchmarks.inputs import input_size, write_inputs
+
+    x_test, _ = load_split(build / layout.split("test"))
+    return write_inputs(folder / "inputs.npz", x_test[:1], sizes={input_size(p) for p in paths.values()} - {None})
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.selfcheck", description=__doc__.split("\n\n")[0])
     parser.add_argument("build", type=Path, help="a build folder with a bench run, e.g. build/flowers")
     parser.add_argument("--seconds", type=float, default=3.0, help="timing per file alone (default 3)")
     args = parser.parse_args(argv)
-    from core import layout
-    from core.splits import load_split
-    from benchmarks.inputs import input_size, write_inputs
-
-    results_path = args.build / layout.BENCH_RESULTS
-    if not results_path.is_file():
-        print(f"error: {results_path} not found; run the bench first (make bench).", file=sys.stderr)
+    try:
+        rows = last_bench_rows(args.build)
+        paths = row_files(args.build, rows)
+    except FileNotFoundError as missing:
+        print(f"error: {missing}", file=sys.stderr)
         return 2
-    results = json.loads(results_path.read_text(encoding="utf-8"))
-    rows = results["benchmark"]["rows"]
-    paths = {r["artifact"]: _path(args.build, r) for r in rows}
-    missing = sorted({str(p) for p in paths.values() if not p.is_file()})
-    if missing:
-        print(f"error: {', '.join(missing)} not found; run the export and bench again.", file=sys.stderr)
-        return 2
-    x_test, _ = load_split(args.build / layout.split("test"))
     with tempfile.TemporaryDirectory() as tmp:
-        inputs = write_inputs(Path(tmp) / "inputs.npz", x_test[:1],
-                              sizes={input_size(p) for p in paths.values()} - {None})
+        inputs = one_image_inputs(args.build, paths, Path(tmp))
         entries = []
         for row in rows:
             (entry,) = check([row], paths, inputs, Path(tmp), args.seconds)

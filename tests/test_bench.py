@@ -576,6 +576,43 @@ def test_self_check_verdict_at_its_edges():
     assert pick(rows[:1])["artifact"] == "keras" and pick([]) is None
 
 
+def test_steadiness_counts_the_rounds_two_runs_of_a_file_alone_would_miss_the_bound():
+    from benchmarks.steadiness import spread
+
+    wandering = spread([5.8, 6.8, 7.8])  # every two of these are more than 10% apart
+    assert wandering["widest"] == pytest.approx(7.8 / 5.8 - 1, abs=1e-4)
+    assert (wandering["pairs"], wandering["pairs_beyond"]) == (3, 3)
+    steady = spread([1.0, 1.05, 1.1, 1.02])  # 1.0 against 1.1 is the bound itself, not past it
+    assert (steady["pairs"], steady["pairs_beyond"], steady["widest"]) == (6, 0, pytest.approx(0.1))
+    assert spread([1.0, 1.05, 1.16])["pairs_beyond"] == 2  # 1.16/1.0 and 1.16/1.05; 1.05/1.0 is within
+    assert spread([1.0, 1.06], tolerance=0.05)["pairs_beyond"] == 1
+    with pytest.raises(ValueError, match="at least 2"):
+        spread([1.0])
+
+
+def test_steadiness_times_each_chosen_file_alone_once_per_round(built, tmp_path, capsys):
+    from benchmarks import steadiness
+
+    cfg, _, results = built
+    out = tmp_path / "steady.json"
+    args = [str(cfg.build_root), "--rounds", "2", "--seconds", "0.3", "--targets", "phone-little",
+            "--files", "tflite-fp32,tiny_int8.tflite", "--out", str(out)]
+    assert steadiness.main(args) == 0
+    entries = json.loads(out.read_text())["entries"]
+    assert {(e["target"], e["artifact"]) for e in entries} == {("phone-little", "tflite-fp32"),
+                                                              ("phone-little", "tflite-int8")}
+    threads = {r["artifact"]: r["threads"] for r in results["benchmark"]["rows"] if r["target"] == "phone-little"}
+    for e in entries:
+        assert len(e["p50_ms"]) == 2 and all(v > 0 for v in e["p50_ms"]) and e["threads"] == threads[e["artifact"]]
+        assert e["widest"] == pytest.approx(max(e["p50_ms"]) / min(e["p50_ms"]) - 1, abs=1e-3)
+    printed = capsys.readouterr().out
+    assert "round 2 of 2 done" in printed and "alone, " in printed and " file x target moved by more than 10%" in printed
+    # A choice that matches no row names the valid ones; nothing is timed.
+    assert steadiness.main([str(cfg.build_root), "--targets", "phone-huge"]) == 2
+    err = capsys.readouterr().err
+    assert "phone-huge" in err and "phone-little" in err and "edge-box" in err
+
+
 def test_bench_is_cached_and_forced(built, monkeypatch, tmp_path):
     import yaml
 
