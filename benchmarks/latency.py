@@ -185,9 +185,13 @@ class Worker:
 
 
 def interleave(workers: list[Worker], *, min_runs: int = 30, max_runs: int = 2000, max_seconds: float = 30.0,
-               rel_ci: float = 0.01, burst: int = 20, burst_warmup: int = 5, warmup: int = 10, seed: int = 0,
-               progress=None) -> float:
-    """Time every worker round by round until each median is stable or a bound is hit; returns seconds spent."""
+               rel_ci: float = 0.01, burst: int = 20, burst_warmup: int = 5, burst_warm_seconds: float = 0.0,
+               warmup: int = 10, seed: int = 0, progress=None) -> float:
+    """Time every worker round by round until each median is stable or a bound is hit; returns seconds spent.
+
+    Each round of a worker is ``burst_warmup`` untimed calls, more until ``burst_warm_seconds``
+    have passed, then ``burst`` timed ones.
+    """
     rng = np.random.default_rng(seed)
     order = list(workers)
     for worker in order:  # caches, thread pools and lazy allocations settle before any timing counts
@@ -199,7 +203,8 @@ def interleave(workers: list[Worker], *, min_runs: int = 30, max_runs: int = 200
     while True:
         rng.shuffle(order)
         for worker in order:
-            worker.times.extend(worker.ask(op="time", n=burst, warm=burst_warmup)["times_ms"])
+            worker.times.extend(worker.ask(op="time", n=burst, warm=burst_warmup,
+                                                 warm_seconds=burst_warm_seconds)["times_ms"])
         elapsed = time.perf_counter() - started
         runs = min(len(w.times) - before[id(w)] for w in workers)
         if progress is not None:

@@ -160,7 +160,8 @@ def measure(plan: list[tuple[Target, list[dict]]], inputs: Path, settings, work:
                                    max_runs=math.ceil(settings.max_runs / settings.blocks),
                                    max_seconds=settings.max_seconds / settings.blocks,
                                    rel_ci=settings.rel_ci if one else 0.0, burst=settings.burst,
-                                   burst_warmup=settings.burst_warmup, warmup=settings.warmup)
+                                   burst_warmup=settings.burst_warmup, burst_warm_seconds=settings.burst_warm_seconds,
+                                   warmup=settings.warmup)
                 seconds[target.name] += spent
                 done += spent
                 if bar is not None:
@@ -175,7 +176,8 @@ def measure(plan: list[tuple[Target, list[dict]]], inputs: Path, settings, work:
                 if group:
                     interleave(group, min_runs=1, max_runs=math.ceil(settings.max_runs / settings.blocks),
                                max_seconds=settings.max_seconds / 4 / settings.blocks, rel_ci=0.0,
-                               burst=settings.burst, burst_warmup=settings.burst_warmup, warmup=settings.warmup)
+                               burst=settings.burst, burst_warmup=settings.burst_warmup,
+                               burst_warm_seconds=settings.burst_warm_seconds, warmup=settings.warmup)
             if any(fewer) and block + 1 < settings.blocks:
                 time.sleep(SETTLE_SECONDS)
         out = {k: {"worker": w, "memory": w.ask(op="memory"), "probs": None} for k, w in workers.items()}

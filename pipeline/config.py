@@ -476,6 +476,13 @@ class BenchmarkConfig(_Section):
         description="untimed calls at the start of each round of a file: they wake its thread pool and refill "
                     "the caches the previous file used (with 1 call and bursts of 3, a 2-thread file's p90 measured "
                     "1.2× and its p99 1.8× the same file timed alone; with 5 and 20, within 3%)")
+    burst_warm_seconds: float = Field(
+        default=0.05, ge=0, le=5,
+        description="untimed calls continue until this many seconds have passed at the start of each round of a "
+                    "file (after `burst_warmup` calls): on a 2-core VM a multi-threaded file ran its first tens of ms "
+                    "after a pause slower or faster than when busy for longer (quickstart, 2 threads, after 0.1 s "
+                    "idle: LiteRT 0.086 ms, ONNX 0.150 ms; after 50 ms of calls 0.074 and 0.193 ms, as alone); 0 "
+                    "times right after `burst_warmup`")
     self_check_seconds: float = Field(
         default=3.0, ge=0, le=60,
         description="after the timing, each target's fastest file is timed again alone in a fresh process for "
