@@ -125,7 +125,7 @@ def _every_stage(tmp_path, backbone: str) -> dict:
                 # 3, 5 and 8 layers (~10 s each); 2 still keeps a hard-swish add of MobileNetV3 in float.
                 "repair_max_float_layers": 2, "on_budget_fail": "warn"},
         benchmark={"targets": ["phone-little"], "min_runs": 5, "max_runs": 20, "max_seconds": 2, "burst": 1,
-                   "peak_seconds": 0.05, "self_check_seconds": 0},
+                   "peak_seconds": 0.05, "self_check_seconds": 0, "burst_warm_seconds": 0},
     )
     cfg = load_config(path)
     assert runner.run(cfg, str(path)) == ["data", "finetune", "optimize", "export", "bench"]

@@ -746,7 +746,8 @@ def test_a_code_change_re_runs_the_stages_that_import_it_and_no_other(built, tmp
     """The stamps hold each stage's import closure: an edit re-runs exactly the stages it can change."""
     # The shortest bench (what it measures is not the point here): this test runs it three times.
     quick = {"targets": ["phone-little"], "min_runs": 5, "max_runs": 5, "max_seconds": 0.2, "blocks": 1,
-             "warmup": 0, "burst": 1, "burst_warmup": 1, "self_check_seconds": 0, "peak_seconds": 0.05}
+             "warmup": 0, "burst": 1, "burst_warmup": 1, "burst_warm_seconds": 0, "self_check_seconds": 0,
+             "peak_seconds": 0.05}
     cfg, path = copy_build(built[:2], tmp_path / "b", benchmark=quick)
     repo = tmp_path / "repo"  # the code the runs import: `python -m` takes the current folder first
     for folder in ("core", "exporters", "benchmarks", "pipeline", "configs"):

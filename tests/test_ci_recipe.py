@@ -102,7 +102,8 @@ def test_the_recipe_passes_on_a_tiny_build_against_a_baseline_and_fails_against_
     targets.write_text(yaml.safe_dump({"targets": {"ci-little": {
         "runtime": "litert", "threads": 1, "regression": {"accuracy_pp": 1.0, "latency_pct": 1000}}}}))
     bench = {"targets": ["ci-little"], "targets_file": str(targets), "min_runs": 5, "max_runs": 60, "burst": 2,
-             "burst_warmup": 1, "warmup": 2, "blocks": 1, "peak_seconds": 0.05, "self_check_seconds": 0}
+             "burst_warmup": 1, "burst_warm_seconds": 0, "warmup": 2, "blocks": 1, "peak_seconds": 0.05,
+             "self_check_seconds": 0}
     config = write_config(tmp_path / "ci.yaml", name="ci", benchmark=bench,
                           export={"formats": ["keras", "tflite-fp32"], "latency_runs": 0})
     drop = {"MAKEFLAGS", "MFLAGS", "MAKELEVEL", "BASELINE", "VERBOSE"}  # a `make test` around this test passes them

@@ -13,7 +13,7 @@ from pipeline import matrix
 SHORT = ["data.limit_per_class=12", "train.fine_tune_epochs=1", "optimize.prune.epochs=1",
          "benchmark.max_seconds=1", "benchmark.min_runs=5", "benchmark.max_runs=30",
          # The self-check times files alone twice each (~25 s here); its own tests are in test_bench.py.
-         "benchmark.self_check_seconds=0"]
+         "benchmark.self_check_seconds=0", "benchmark.burst_warm_seconds=0"]
 
 
 def test_each_backbone_gets_a_row_and_a_refused_one_costs_only_its_row(tmp_path):
