@@ -154,14 +154,15 @@ def measure(plan: list[tuple[Target, list[dict]]], inputs: Path, settings, work:
         # Only a target timed in one stretch may stop early once its medians are stable.
         one = settings.blocks == 1
         done = 0.0
+        # How every round of a file runs, in the targets' slices and the fewer-thread Keras slices alike.
+        rounds = dict(max_runs=math.ceil(settings.max_runs / settings.blocks), burst=settings.burst,
+                      burst_warmup=settings.burst_warmup, burst_warm_seconds=settings.burst_warm_seconds,
+                      warmup=settings.warmup)
         for block in range(settings.blocks):
             for (target, _), group in zip(plan, groups):
                 spent = interleave(group, min_runs=settings.min_runs if one else 1,
-                                   max_runs=math.ceil(settings.max_runs / settings.blocks),
                                    max_seconds=settings.max_seconds / settings.blocks,
-                                   rel_ci=settings.rel_ci if one else 0.0, burst=settings.burst,
-                                   burst_warmup=settings.burst_warmup, burst_warm_seconds=settings.burst_warm_seconds,
-                                   warmup=settings.warmup)
+                                   rel_ci=settings.rel_ci if one else 0.0, **rounds)
                 seconds[target.name] += spent
                 done += spent
                 if bar is not None:
@@ -174,10 +175,8 @@ def measure(plan: list[tuple[Target, list[dict]]], inputs: Path, settings, work:
             # next 2-thread files' p90 1.2-1.9x their own, so the next block starts after a pause.
             for group in fewer:
                 if group:
-                    interleave(group, min_runs=1, max_runs=math.ceil(settings.max_runs / settings.blocks),
-                               max_seconds=settings.max_seconds / 4 / settings.blocks, rel_ci=0.0,
-                               burst=settings.burst, burst_warmup=settings.burst_warmup,
-                               burst_warm_seconds=settings.burst_warm_seconds, warmup=settings.warmup)
+                    interleave(group, min_runs=1, max_seconds=settings.max_seconds / 4 / settings.blocks, rel_ci=0.0,
+                               **rounds)
             if any(fewer) and block + 1 < settings.blocks:
                 time.sleep(SETTLE_SECONDS)
         out = {k: {"worker": w, "memory": w.ask(op="memory"), "probs": None} for k, w in workers.items()}
